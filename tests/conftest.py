@@ -1,0 +1,64 @@
+"""Shared test helpers: where the reference fixtures are, and tiny numeric utilities.
+
+The reference fixtures (state_dict manifests and numerical oracles produced from the official
+implementations) are found through ``YOLODEPLOY_FIXTURES`` (default: ``../shared/fixtures`` beside the
+checkout, where CI has them). Tests that need them skip with a visible reason when they are absent.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+FIXTURES = Path(os.environ.get("YOLODEPLOY_FIXTURES", REPO_ROOT.parent / "shared" / "fixtures")).resolve()
+REFERENCE = FIXTURES / "reference"
+
+
+def reference_dir(family: str, model: str) -> Path:
+    """The fixture folder of one official model, or skip the calling test with the reason."""
+    path = REFERENCE / family / model
+    if not path.is_dir():
+        pytest.skip(f"reference fixtures not found at {path} (set YOLODEPLOY_FIXTURES to the fixtures folder)")
+    return path
+
+
+def reference_models(family: str) -> list[str]:
+    """Model folder names of one family (empty when the fixtures are absent: parametrized tests then skip)."""
+    root = REFERENCE / family
+    return sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+
+
+def load_manifest(path: Path) -> list[tuple[str, list[int], str]]:
+    """The ordered ``(key, shape, dtype)`` list of a manifest JSON."""
+    return [tuple(entry) for entry in json.loads(path.read_text())["state_dict"]]
+
+
+def state_dict_manifest(model: torch.nn.Module) -> list[tuple[str, list[int], str]]:
+    """The same ``(key, shape, dtype)`` list for a live model."""
+    return [(k, list(v.shape), str(v.dtype).removeprefix("torch.")) for k, v in model.state_dict().items()]
+
+
+def randomize_bn_(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """Give every BatchNorm random running stats and affine params, so fusion is really exercised."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                n = module.num_features
+                module.running_mean.copy_(torch.randn(n, generator=gen) * 0.1)
+                module.running_var.copy_(torch.rand(n, generator=gen) + 0.5)
+                if module.weight is not None:
+                    module.weight.copy_(torch.rand(n, generator=gen) + 0.5)
+                    module.bias.copy_(torch.randn(n, generator=gen) * 0.1)
+    return model
+
+
+def max_rel_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    """max |actual - expected| relative to max |expected| (robust to tiny and huge activations alike)."""
+    scale = expected.abs().max().clamp_min(1e-12)
+    return float((actual - expected).abs().max() / scale)

@@ -1,0 +1,46 @@
+"""User-facing errors.
+
+Every error a user can cause (bad path, unknown model, unsafe checkpoint...) is a ``YoloDeployError``
+subclass whose message says what is wrong and how to fix it. The CLI catches only these and prints one
+line; anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "YoloDeployError",
+    "UnknownModelError",
+    "CheckpointError",
+    "UnsafeCheckpointError",
+    "ArchitectureMismatchError",
+    "BackendUnavailableError",
+]
+
+
+class YoloDeployError(Exception):
+    """Base class of every error caused by user input or the environment (not by a bug)."""
+
+    exit_code: int = 1
+
+
+class UnknownModelError(YoloDeployError, KeyError):
+    """A model name that is not in the registry."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
+class CheckpointError(YoloDeployError):
+    """A file that is missing, truncated, or not a checkpoint we can read."""
+
+
+class UnsafeCheckpointError(CheckpointError):
+    """A pickle that references code we do not allow (it could execute on load)."""
+
+
+class ArchitectureMismatchError(CheckpointError):
+    """Weights whose keys/shapes do not fit the architecture they claim (or any we know)."""
+
+
+class BackendUnavailableError(YoloDeployError):
+    """An optional backend (TensorRT, ONNX Runtime, CUDA...) that is not installed or has no device."""
