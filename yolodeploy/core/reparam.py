@@ -23,6 +23,8 @@ def reparameterize_model(model: nn.Module, inplace: bool = False) -> nn.Module:
     if not inplace:
         model = copy.deepcopy(model)
     _reparameterize_tree(model)
+    if hasattr(model, "form"):
+        model.form = "deploy"
     return model
 
 

@@ -57,6 +57,8 @@ class Detector(nn.Module):
         super().__init__()
         self.config = config
         self.arch = arch or getattr(config, "name", type(self).__name__)
+        self.form = "train"  # set to "deploy" by reparameterize_model
+        self.class_names: list[str] | None = None
 
     @property
     def num_classes(self) -> int:
@@ -71,7 +73,7 @@ class Detector(nn.Module):
         return tuple(self.config.input_size)
 
     @classmethod
-    def from_config(cls, config: dict[str, Any] | Any, arch: str | None = None) -> "Detector":
+    def from_config(cls, config: dict[str, Any] | Any, arch: str | None = None) -> Detector:
         if isinstance(config, dict):
             config = cls.config_class.from_dict(config)
         return cls(config, arch=arch)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
-from typing import Callable
+from collections.abc import Callable
 
 from torch import nn
 
@@ -45,9 +45,7 @@ def get_model_class(name: str) -> type[nn.Module]:
     try:
         return _MODEL_CLASSES[name]
     except KeyError:
-        raise UnknownModelError(
-            f"unknown model class {name!r}; known: {', '.join(sorted(_MODEL_CLASSES))}"
-        ) from None
+        raise UnknownModelError(f"unknown model class {name!r}; known: {', '.join(sorted(_MODEL_CLASSES))}") from None
 
 
 def _ensure_loaded() -> None:
