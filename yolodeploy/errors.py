@@ -10,6 +10,7 @@ from __future__ import annotations
 __all__ = [
     "YoloDeployError",
     "UnknownModelError",
+    "ConfigError",
     "CheckpointError",
     "UnsafeCheckpointError",
     "ArchitectureMismatchError",
@@ -28,6 +29,10 @@ class UnknownModelError(YoloDeployError, KeyError):
 
     def __str__(self) -> str:  # KeyError would quote the message
         return str(self.args[0]) if self.args else ""
+
+
+class ConfigError(YoloDeployError, ValueError):
+    """An invalid option or config value (e.g. ``num_classes=0``)."""
 
 
 class CheckpointError(YoloDeployError):

@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 from torch import nn
 
-from ..errors import UnknownModelError
+from ..errors import ConfigError, UnknownModelError
 
 __all__ = ["register_model", "register_model_class", "create_model", "list_models", "is_model", "get_model_class"]
 
@@ -102,5 +102,5 @@ def create_model(name: str, num_classes: int = 80, **overrides) -> nn.Module:
         hint = f"; did you mean {', '.join(close)}?" if close else "; run `yolodeploy models` to list them"
         raise UnknownModelError(f"unknown model {name!r}{hint}")
     if not isinstance(num_classes, int) or num_classes < 1:
-        raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
+        raise ConfigError(f"num_classes must be a positive integer, got {num_classes!r}")
     return _MODEL_ENTRYPOINTS[name](num_classes=num_classes, **overrides)

@@ -1,0 +1,118 @@
+"""Safe import of official checkpoints: fidelity against the oracle, and refusal of crafted pickles."""
+
+from __future__ import annotations
+
+import os
+import sys
+import types
+
+import pytest
+import torch
+from conftest import reference_dir
+
+from yolodeploy.core.boxes import cxcywh_to_xyxy
+from yolodeploy.errors import ArchitectureMismatchError, CheckpointError, UnsafeCheckpointError
+from yolodeploy.models import load_checkpoint
+from yolodeploy.models.official import read_official_checkpoint
+
+
+def _official_pred_to_ours(pred: torch.Tensor) -> torch.Tensor:
+    """Official YOLOv6 eval output (cx, cy, w, h, 1, scores...) -> ours (x1, y1, x2, y2, scores...)."""
+    return torch.cat((cxcywh_to_xyxy(pred[..., :4]), pred[..., 5:]), -1)
+
+
+def test_yolov6n_official_checkpoint_matches_oracle():
+    ref = reference_dir("yolov6", "yolov6n")
+    model = load_checkpoint(ref / "official_checkpoint.pt")
+    assert model.arch == "yolov6n" and model.num_classes == 80 and model.form == "train"
+    assert model.class_names[0] == "person"
+    x = torch.load(ref / "input.pt", weights_only=True)["input"]
+    expected = _official_pred_to_ours(torch.load(ref / "outputs_train.pt", weights_only=True)["pred"])
+    with torch.no_grad():
+        out = model(x)
+    # The fixture weights are fp16-exact, so the fp16 checkpoint reproduces the fp32 oracle closely.
+    torch.testing.assert_close(out, expected, atol=1e-3, rtol=1e-3)
+
+
+def test_official_checkpoint_weights_equal_reference_state_dict():
+    ref = reference_dir("yolov6", "yolov6n")
+    model = load_checkpoint(ref / "official_checkpoint.pt")
+    expected = torch.load(ref / "state_dict.pt", weights_only=True)
+    got = model.state_dict()
+    assert list(got) == list(expected)
+    for key, tensor in expected.items():
+        torch.testing.assert_close(got[key], tensor, atol=0, rtol=0, check_dtype=False)
+
+
+class _Payload:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_malicious_pickle_is_refused_without_running(tmp_path):
+    marker = tmp_path / "PWNED"
+    path = tmp_path / "evil.pt"
+    torch.save({"model": _Payload(marker)}, path)
+    with pytest.raises(UnsafeCheckpointError, match="system"):
+        load_checkpoint(path)
+    assert not marker.exists()
+
+
+def test_malicious_payload_nested_inside_a_model_record_is_refused(tmp_path):
+    marker = tmp_path / "PWNED"
+    module = types.ModuleType("yolov6.models.yolo")
+
+    class Model(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 4, 1)
+            self.payload = _Payload(marker)
+
+    Model.__module__ = "yolov6.models.yolo"
+    module.Model = Model
+    sys.modules["yolov6.models.yolo"] = module
+    try:
+        torch.save({"model": Model()}, tmp_path / "evil.pt")
+    finally:
+        del sys.modules["yolov6.models.yolo"]
+    with pytest.raises(UnsafeCheckpointError):
+        read_official_checkpoint(tmp_path / "evil.pt")
+    assert not marker.exists()
+
+
+def test_plain_pickle_is_refused(tmp_path):
+    import pickle
+
+    path = tmp_path / "plain.pt"
+    path.write_bytes(pickle.dumps({"model": 1}, protocol=2))
+    with pytest.raises(CheckpointError, match="plain pickle"):
+        load_checkpoint(path)
+
+
+def test_unknown_official_architecture(tmp_path):
+    module = types.ModuleType("yolov6.models.yolo")
+
+    class Model(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 4, 1)
+            self.nc = 4
+
+    Model.__module__ = "yolov6.models.yolo"
+    module.Model = Model
+    sys.modules["yolov6.models.yolo"] = module
+    try:
+        torch.save({"model": Model().half(), "ema": None}, tmp_path / "odd.pt")
+    finally:
+        del sys.modules["yolov6.models.yolo"]
+    with pytest.raises(ArchitectureMismatchError, match="match no registered model"):
+        load_checkpoint(tmp_path / "odd.pt")
+
+
+def test_bare_state_dict_is_explained(tmp_path):
+    torch.save({"w": torch.zeros(1)}, tmp_path / "sd.pt")
+    with pytest.raises(CheckpointError, match="bare state_dict"):
+        load_checkpoint(tmp_path / "sd.pt")
