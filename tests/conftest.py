@@ -62,3 +62,18 @@ def max_rel_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
     """max |actual - expected| relative to max |expected| (robust to tiny and huge activations alike)."""
     scale = expected.abs().max().clamp_min(1e-12)
     return float((actual - expected).abs().max() / scale)
+
+
+def randomize_constants_(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """Re-draw every trainable parameter whose elements are all equal (zero-initialised prediction convs,
+    residual ``alpha``, scale layers...), as the reference fixtures do: one element ~ U(0.5, 1.5), else
+    N(0, 0.1^2). Without this, zero-initialised heads give constant outputs and hide fusion errors."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for param in model.parameters():
+            if param.requires_grad and param.numel() and bool((param == param.flatten()[0]).all()):
+                if param.numel() == 1:
+                    param.copy_(torch.rand(param.shape, generator=gen) + 0.5)
+                else:
+                    param.copy_(torch.randn(param.shape, generator=gen) * 0.1)
+    return model

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import types
@@ -44,6 +45,25 @@ def test_official_checkpoint_weights_equal_reference_state_dict():
         torch.testing.assert_close(got[key], tensor, atol=0, rtol=0, check_dtype=False)
 
 
+@contextlib.contextmanager
+def _official_module(cls: type, module_name: str = "yolov6.models.yolo"):
+    """Make ``cls`` picklable as if it were the official ``module_name.<cls name>`` (then forget it)."""
+    parts = module_name.split(".")
+    added = []
+    for i in range(1, len(parts) + 1):
+        name = ".".join(parts[:i])
+        if name not in sys.modules:
+            sys.modules[name] = types.ModuleType(name)
+            added.append(name)
+    cls.__module__, cls.__qualname__ = module_name, cls.__name__
+    setattr(sys.modules[module_name], cls.__name__, cls)
+    try:
+        yield
+    finally:
+        for name in added:
+            del sys.modules[name]
+
+
 class _Payload:
     def __init__(self, marker):
         self.marker = marker
@@ -63,7 +83,6 @@ def test_malicious_pickle_is_refused_without_running(tmp_path):
 
 def test_malicious_payload_nested_inside_a_model_record_is_refused(tmp_path):
     marker = tmp_path / "PWNED"
-    module = types.ModuleType("yolov6.models.yolo")
 
     class Model(torch.nn.Module):
         def __init__(self):
@@ -71,13 +90,8 @@ def test_malicious_payload_nested_inside_a_model_record_is_refused(tmp_path):
             self.conv = torch.nn.Conv2d(3, 4, 1)
             self.payload = _Payload(marker)
 
-    Model.__module__ = "yolov6.models.yolo"
-    module.Model = Model
-    sys.modules["yolov6.models.yolo"] = module
-    try:
+    with _official_module(Model):
         torch.save({"model": Model()}, tmp_path / "evil.pt")
-    finally:
-        del sys.modules["yolov6.models.yolo"]
     with pytest.raises(UnsafeCheckpointError):
         read_official_checkpoint(tmp_path / "evil.pt")
     assert not marker.exists()
@@ -93,7 +107,6 @@ def test_plain_pickle_is_refused(tmp_path):
 
 
 def test_unknown_official_architecture(tmp_path):
-    module = types.ModuleType("yolov6.models.yolo")
 
     class Model(torch.nn.Module):
         def __init__(self):
@@ -101,13 +114,8 @@ def test_unknown_official_architecture(tmp_path):
             self.conv = torch.nn.Conv2d(3, 4, 1)
             self.nc = 4
 
-    Model.__module__ = "yolov6.models.yolo"
-    module.Model = Model
-    sys.modules["yolov6.models.yolo"] = module
-    try:
+    with _official_module(Model):
         torch.save({"model": Model().half(), "ema": None}, tmp_path / "odd.pt")
-    finally:
-        del sys.modules["yolov6.models.yolo"]
     with pytest.raises(ArchitectureMismatchError, match="match no registered model"):
         load_checkpoint(tmp_path / "odd.pt")
 
