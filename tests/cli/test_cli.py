@@ -118,7 +118,11 @@ def test_demo_main_job(tmp_path):
 
 
 def test_console_script_entry_point_reports_errors_without_traceback(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "yolodeploy.cli.main", "info", str(tmp_path / "x.pt")],
-                          capture_output=True, text=True, cwd=REPO_ROOT)
+    proc = subprocess.run(
+        [sys.executable, "-m", "yolodeploy.cli.main", "info", str(tmp_path / "x.pt")],
+        capture_output=True,
+        text=True,
+        cwd=REPO_ROOT,
+    )
     assert proc.returncode == 1
     assert proc.stderr.strip().startswith("error: ") and "Traceback" not in proc.stderr
