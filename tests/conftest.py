@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from yolodeploy.core.init import randomize_bn_, randomize_constants_  # noqa: F401  (re-exported for tests)
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = Path(os.environ.get("YOLODEPLOY_FIXTURES", REPO_ROOT.parent / "shared" / "fixtures")).resolve()
 REFERENCE = FIXTURES / "reference"
@@ -43,37 +45,7 @@ def state_dict_manifest(model: torch.nn.Module) -> list[tuple[str, list[int], st
     return [(k, list(v.shape), str(v.dtype).removeprefix("torch.")) for k, v in model.state_dict().items()]
 
 
-def randomize_bn_(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
-    """Give every BatchNorm random running stats and affine params, so fusion is really exercised."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, torch.nn.BatchNorm2d):
-                n = module.num_features
-                module.running_mean.copy_(torch.randn(n, generator=gen) * 0.1)
-                module.running_var.copy_(torch.rand(n, generator=gen) + 0.5)
-                if module.weight is not None:
-                    module.weight.copy_(torch.rand(n, generator=gen) + 0.5)
-                    module.bias.copy_(torch.randn(n, generator=gen) * 0.1)
-    return model
-
-
 def max_rel_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
     """max |actual - expected| relative to max |expected| (robust to tiny and huge activations alike)."""
     scale = expected.abs().max().clamp_min(1e-12)
     return float((actual - expected).abs().max() / scale)
-
-
-def randomize_constants_(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
-    """Re-draw every trainable parameter whose elements are all equal (zero-initialised prediction convs,
-    residual ``alpha``, scale layers...), as the reference fixtures do: one element ~ U(0.5, 1.5), else
-    N(0, 0.1^2). Without this, zero-initialised heads give constant outputs and hide fusion errors."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for param in model.parameters():
-            if param.requires_grad and param.numel() and bool((param == param.flatten()[0]).all()):
-                if param.numel() == 1:
-                    param.copy_(torch.rand(param.shape, generator=gen) + 0.5)
-                else:
-                    param.copy_(torch.randn(param.shape, generator=gen) * 0.1)
-    return model

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from .core.compare import CompareResult, compare_outputs
+from .core.init import randomize_for_verification_
 from .core.reparam import reparameterize_model
 from .models import create_model, list_models, load_checkpoint, save_checkpoint
 from .models.summary import count_parameters
@@ -129,7 +130,9 @@ def run_demo(
     for name in names:
         families[model_family(name)] = families.get(model_family(name), 0) + 1
     torch.manual_seed(seed)
-    model = create_model(model_name, num_classes=num_classes).eval()
+    # An untrained model has identity BN statistics and zero-initialised heads: give it trained-like
+    # statistics so that the equivalence proof below exercises every branch (a trained checkpoint has them).
+    model = randomize_for_verification_(create_model(model_name, num_classes=num_classes), seed).eval()
     train_file = save_checkpoint(model, out / f"{model_name}.safetensors")
     deploy = reparameterize_model(model)
     check = verify_reparameterization(model, deploy, img_size=img_size)
