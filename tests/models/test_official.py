@@ -124,3 +124,21 @@ def test_bare_state_dict_is_explained(tmp_path):
     torch.save({"w": torch.zeros(1)}, tmp_path / "sd.pt")
     with pytest.raises(CheckpointError, match="bare state_dict"):
         load_checkpoint(tmp_path / "sd.pt")
+
+
+@pytest.mark.parametrize(
+    ("name", "overrides", "deploy"),
+    [("yolov6n", {"head": "distill_ns"}, False), ("yolov6s", {}, True), ("yolov6_lite_s", {}, False)],
+)
+def test_architecture_recovery_from_keys_and_shapes(name, overrides, deploy):
+    from yolodeploy import reparameterize_model
+    from yolodeploy.models import create_model
+    from yolodeploy.models.official import OfficialRecord, _record_class, match_architecture
+
+    with torch.device("meta"):
+        model = create_model(name, num_classes=7, **overrides)
+        if deploy:
+            model = reparameterize_model(model, inplace=True)
+    module = "yolov6.models.yolo_lite" if "lite" in name else "yolov6.models.yolo"
+    root: OfficialRecord = _record_class(f"{module}.Model")()
+    assert match_architecture(root, model.state_dict(), 7, source="test") == (name, overrides, deploy)

@@ -16,7 +16,15 @@ from torch import nn
 
 from ..errors import ConfigError, UnknownModelError
 
-__all__ = ["register_model", "register_model_class", "create_model", "list_models", "is_model", "get_model_class"]
+__all__ = [
+    "canonical_name",
+    "register_model",
+    "register_model_class",
+    "create_model",
+    "list_models",
+    "is_model",
+    "get_model_class",
+]
 
 _MODEL_ENTRYPOINTS: dict[str, Callable[..., nn.Module]] = {}
 _MODEL_FAMILY: dict[str, str] = {}
@@ -72,21 +80,26 @@ def list_models(pattern: str = "*", *, family: str | None = None) -> list[str]:
     )
 
 
+def canonical_name(name: str) -> str:
+    """Registry spelling of a model name: the official hyphenated names (``yolov7-tiny``) use underscores."""
+    return name.strip().replace("-", "_")
+
+
 def is_model(name: str) -> bool:
     _ensure_loaded()
-    return name in _MODEL_ENTRYPOINTS
+    return canonical_name(name) in _MODEL_ENTRYPOINTS
 
 
 def model_family(name: str) -> str:
     _ensure_loaded()
-    return _MODEL_FAMILY[name]
+    return _MODEL_FAMILY[canonical_name(name)]
 
 
 def create_model(name: str, num_classes: int = 80, **overrides) -> nn.Module:
     """Build a registered model in its training form (random init).
 
     Args:
-        name: a name from ``list_models()``, e.g. ``"yolov6n"``.
+        name: a name from ``list_models()``, e.g. ``"yolov6n"`` (hyphens work too: ``"yolov7-tiny"``).
         num_classes: number of object classes of the detection head.
         **overrides: config fields to replace, e.g. ``head="distill_ns"``.
 
@@ -97,6 +110,7 @@ def create_model(name: str, num_classes: int = 80, **overrides) -> nn.Module:
         >>> model = create_model("yolov6n", num_classes=3)
     """
     _ensure_loaded()
+    name = canonical_name(name)
     if name not in _MODEL_ENTRYPOINTS:
         close = difflib.get_close_matches(name, list(_MODEL_ENTRYPOINTS), n=3)
         hint = f"; did you mean {', '.join(close)}?" if close else "; run `yolodeploy models` to list them"

@@ -15,6 +15,7 @@ normally imports their code and may execute anything the file names. Here it nev
 from __future__ import annotations
 
 import functools
+import importlib
 import os
 from collections import OrderedDict
 from pathlib import Path
@@ -26,6 +27,7 @@ from torch import nn
 from ..core.reparam import reparameterize_model
 from ..errors import ArchitectureMismatchError, CheckpointError, UnsafeCheckpointError
 from ._registry import create_model, list_models
+from .checkpoint import load_state_dict_checked
 
 __all__ = ["import_official_checkpoint", "read_official_checkpoint", "OfficialRecord", "record_state_dict"]
 
@@ -47,8 +49,12 @@ _DATA_GLOBALS = {
     "numpy.ndarray",
     "numpy.dtype",
 }
-# Which registry families can hold a model whose root class lives in this module prefix.
-_FAMILIES = {"yolov6.": ("yolov6", "yolov6_lite"), "models.": ("yolov7", "yolov9")}
+# Which registry families can hold a model whose root class lives under this module prefix.
+_FAMILIES = {
+    "yolov6.models.yolo_lite.": ("yolov6_lite",),
+    "yolov6.": ("yolov6", "yolov6_lite"),
+    "models.": ("yolov7", "yolov9"),
+}  # first matching prefix wins
 # Head variants announced by state_dict keys (YOLOv6 options of create_model).
 _VARIANT_HINTS = {"reg_preds_dist.": {"head": "distill_ns"}, "_ab.": {"head": "fuse_ab"}}
 
@@ -142,21 +148,51 @@ def import_official_checkpoint(path: str | os.PathLike, *, map_location: str | t
     if not state_dict:
         raise CheckpointError(f"{path}: the pickled model holds no weights")
     num_classes = _num_classes(root, state_dict, path)
-    arch, overrides, deploy = match_architecture(root, state_dict, num_classes, source=str(path))
-    model = create_model(arch, num_classes=num_classes, **overrides)
-    if deploy:
-        model = reparameterize_model(model.eval(), inplace=True)
-    from .checkpoint import load_state_dict_checked
-
-    load_state_dict_checked(
-        model, {k: v.float() if v.is_floating_point() else v for k, v in state_dict.items()}, source=str(path)
-    )
+    state_dict = OrderedDict((k, v.float() if v.is_floating_point() else v) for k, v in state_dict.items())
+    yaml_cfg = root.__dict__.get("yaml")
+    if isinstance(yaml_cfg, dict):
+        model = _model_from_yaml(root, yaml_cfg, num_classes, state_dict, path)
+    else:
+        arch, overrides, deploy = match_architecture(root, state_dict, num_classes, source=str(path))
+        model = create_model(arch, num_classes=num_classes, **overrides)
+        if deploy:
+            model = reparameterize_model(model.eval(), inplace=True)
+        load_state_dict_checked(model, state_dict, source=str(path))
     names = root.__dict__.get("names")
     if isinstance(names, (list, tuple)) and len(names) == num_classes:
         model.class_names = [str(n) for n in names]
     elif isinstance(names, dict) and len(names) == num_classes:
         model.class_names = [str(names[k]) for k in sorted(names)]
     return model.to(map_location).eval()
+
+
+def _model_from_yaml(
+    root: OfficialRecord, yaml_cfg: dict, num_classes: int, state_dict: dict[str, torch.Tensor], path: Path
+) -> nn.Module:
+    """Build the model a recorded official yaml describes (YOLOv7/YOLOv9 keep it on the model), then load.
+
+    Each family module may offer ``model_from_official_yaml(yaml, num_classes) -> model | None`` (None: not
+    this family's yaml). The weights may be in training form or already fused (``Model.fuse()``); both load.
+    """
+    families = next((fams for prefix, fams in _FAMILIES.items() if root.official_name.startswith(prefix)), ())
+    for family in families:
+        hook = getattr(importlib.import_module(f"{__package__}.{family}"), "model_from_official_yaml", None)
+        model = hook(yaml_cfg, num_classes) if hook else None
+        if model is None:
+            continue
+        if not _fits(model, state_dict):
+            model = reparameterize_model(model.eval(), inplace=True)
+        load_state_dict_checked(model, state_dict, source=str(path))
+        return model
+    raise ArchitectureMismatchError(
+        f"{path}: its recorded architecture ({root.official_name}) uses layers no registered family knows; "
+        "see `yolodeploy models` for what is supported"
+    )
+
+
+def _fits(model: nn.Module, state_dict: dict[str, torch.Tensor]) -> bool:
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    return expected == {k: tuple(v.shape) for k, v in state_dict.items()}
 
 
 def _model_record(ckpt: Any, path: Path) -> OfficialRecord:
@@ -196,8 +232,13 @@ def match_architecture(
     families = next((fams for prefix, fams in _FAMILIES.items() if root.official_name.startswith(prefix)), ())
     target = {k: tuple(v.shape) for k, v in state_dict.items()}
     variants = [{}] + [hint for marker, hint in _VARIANT_HINTS.items() if any(marker in k for k in target)]
+    top_level = {k.split(".", 1)[0] for k in target}
     for family in families:
-        for name in _canonical_models(family):
+        names = _canonical_models(family)
+        first = _signature(names[0], num_classes, (), False) if names else None
+        if first is None or {k.split(".", 1)[0] for k in first} != top_level:
+            continue  # a family's models share their top-level modules (backbone/neck/detect, model, ...)
+        for name in names:
             for overrides in variants:
                 for deploy in (False, True):
                     if _signature(name, num_classes, tuple(sorted(overrides.items())), deploy) == target:
