@@ -39,7 +39,12 @@ __all__ = [
 BN_EPS = 1e-3
 BN_MOMENTUM = 0.03
 
-_ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {"relu": nn.ReLU, "silu": nn.SiLU, "hardswish": nn.Hardswish}
+_ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
+    "relu": nn.ReLU,
+    "silu": nn.SiLU,
+    "hardswish": nn.Hardswish,
+    "leaky_relu": lambda: nn.LeakyReLU(0.1),  # YOLOv7-tiny's activation
+}
 
 
 def batch_norm(channels: int) -> nn.BatchNorm2d:
