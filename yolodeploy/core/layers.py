@@ -164,7 +164,37 @@ def _identity_bn_kernel_bias(bn: nn.BatchNorm2d, groups: int, size: int, like: T
     return fold_bn(kernel, None, bn)
 
 
-class RepVGGBlock(nn.Module):
+class _Rep3x3Block(nn.Module):
+    """What RepVGG-style 3x3 blocks share: argument checks, the activation, and the fused-state test."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int = 3,
+        stride: int = 1,
+        padding: int = 1,
+        dilation: int = 1,
+        groups: int = 1,
+        inference_mode: bool = False,
+    ) -> None:
+        super().__init__()
+        if kernel_size != 3 or padding != 1:
+            raise ValueError(f"{type(self).__name__} needs kernel_size=3, padding=1 (got {kernel_size}, {padding})")
+        self.in_channels, self.out_channels, self.groups = in_channels, out_channels, groups
+        self.nonlinearity = nn.ReLU()
+        self.se = nn.Identity()
+
+    @property
+    def is_reparameterized(self) -> bool:
+        return "rbr_reparam" in self._modules
+
+    def _fused_3x3(self, stride: int, dilation: int) -> nn.Conv2d:
+        """The empty deploy conv (``inference_mode``), filled later by a state_dict load."""
+        return nn.Conv2d(self.in_channels, self.out_channels, 3, stride, 1, dilation, self.groups, bias=True)
+
+
+class RepVGGBlock(_Rep3x3Block):
     """RepVGG block: ReLU(BN(conv3x3) + BN(conv1x1) + BN(x)), the identity branch only when shapes allow.
 
     ``reparameterize()`` merges the three branches into one biased 3x3 conv ``rbr_reparam``.
@@ -191,14 +221,9 @@ class RepVGGBlock(nn.Module):
         groups: int = 1,
         inference_mode: bool = False,
     ) -> None:
-        super().__init__()
-        if kernel_size != 3 or padding != 1:
-            raise ValueError(f"{type(self).__name__} needs kernel_size=3, padding=1 (got {kernel_size}, {padding})")
-        self.in_channels, self.out_channels, self.groups = in_channels, out_channels, groups
-        self.nonlinearity = nn.ReLU()
-        self.se = nn.Identity()
+        super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups)
         if inference_mode:
-            self.rbr_reparam = nn.Conv2d(in_channels, out_channels, 3, stride, 1, dilation, groups, bias=True)
+            self.rbr_reparam = self._fused_3x3(stride, dilation)
             return
         has_identity = in_channels == out_channels and stride == 1
         self.rbr_identity = batch_norm(in_channels) if has_identity else None
@@ -212,10 +237,6 @@ class RepVGGBlock(nn.Module):
         if self.rbr_identity is not None:
             out = out + self.rbr_identity(x)
         return self.nonlinearity(self.se(out))
-
-    @property
-    def is_reparameterized(self) -> bool:
-        return "rbr_reparam" in self._modules
 
     def _get_kernel_bias(self) -> tuple[Tensor, Tensor]:
         kernel, bias = conv_bn_kernel_bias(self.rbr_dense.conv, self.rbr_dense.bn)
@@ -236,7 +257,7 @@ class RepVGGBlock(nn.Module):
             delattr(self, name)
 
 
-class QARepVGGBlock(nn.Module):
+class QARepVGGBlock(_Rep3x3Block):
     """Quantization-aware RepVGG block (arXiv:2212.01593): ReLU(BN(BN(conv3x3) + conv1x1 + x)).
 
     The branches have no per-branch BN except the 3x3 one; a post-sum ``bn`` stays in the deploy form (as in
@@ -257,12 +278,7 @@ class QARepVGGBlock(nn.Module):
         groups: int = 1,
         inference_mode: bool = False,
     ) -> None:
-        super().__init__()
-        if kernel_size != 3 or padding != 1:
-            raise ValueError(f"{type(self).__name__} needs kernel_size=3, padding=1 (got {kernel_size}, {padding})")
-        self.in_channels, self.out_channels, self.groups = in_channels, out_channels, groups
-        self.nonlinearity = nn.ReLU()
-        self.se = nn.Identity()
+        super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups)
         if not inference_mode:
             has_identity = in_channels == out_channels and stride == 1
             self.rbr_identity = nn.Identity() if has_identity else None
@@ -270,13 +286,9 @@ class QARepVGGBlock(nn.Module):
             self.rbr_1x1 = nn.Conv2d(in_channels, out_channels, 1, stride, groups=groups, bias=False)
         self.bn = batch_norm(out_channels)
         if inference_mode:
-            self.rbr_reparam = nn.Conv2d(in_channels, out_channels, 3, stride, 1, dilation, groups, bias=True)
+            self.rbr_reparam = self._fused_3x3(stride, dilation)
         elif self._use_avg_branch:
             self.rbr_avg = nn.AvgPool2d(3, stride, padding) if has_identity else None
-
-    @property
-    def is_reparameterized(self) -> bool:
-        return "rbr_reparam" in self._modules
 
     def forward(self, x: Tensor) -> Tensor:
         if self.is_reparameterized:
