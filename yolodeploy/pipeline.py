@@ -42,7 +42,7 @@ class ReparamReport:
     def lines(self) -> list[str]:
         return [
             f"model          {self.arch}",
-            f"params         {self.train_params:,} (train) -> {self.deploy_params:,} (deploy)",
+            f"params         {self.train_params:,} (as loaded) -> {self.deploy_params:,} (deploy form)",
             f"equivalence    {self.check}",
         ] + ([f"saved          {self.output}"] if self.output else [])
 

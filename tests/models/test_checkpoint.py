@@ -133,3 +133,19 @@ def test_create_model_errors():
         create_model("yolov6nn")
     with pytest.raises(ValueError, match="num_classes"):
         create_model("yolov6n", num_classes=0)
+
+
+@pytest.mark.parametrize(
+    ("head", "kind"),
+    [
+        (struct.pack("<Q", 0x80) + b'{"a"', "safetensors"),  # a header length whose first byte looks like pickle
+        (struct.pack("<Q", 0x5280) + b'{"a"', "safetensors"),
+        (b"PK\x03\x04" + b"\0" * 8, "pickle"),
+    ],
+)
+def test_format_sniffing(tmp_path, head, kind):
+    from yolodeploy.models.checkpoint import sniff_format
+
+    path = tmp_path / "f"
+    path.write_bytes(head)
+    assert sniff_format(path) == kind

@@ -167,6 +167,9 @@ def sniff_format(path: Path) -> str:
         head = handle.read(9)
     if len(head) < 9:
         raise CheckpointError(f"{path}: file is empty or truncated ({len(head)} bytes); re-download or re-export it")
+    (header_len,) = struct.unpack("<Q", head[:8])
+    if head[8:9] == b"{" and 0 < header_len < _MAX_HEADER:  # checked first: its length may start with 0x80
+        return "safetensors"
     if head[:4] == b"PK\x03\x04":
         return "pickle"
     if head[:1] == b"\x80":
@@ -174,9 +177,6 @@ def sniff_format(path: Path) -> str:
             f"{path}: a plain pickle, not a torch.save archive; yolodeploy imports only torch.save checkpoints "
             "(PyTorch >= 1.6 format) and never unpickles arbitrary files"
         )
-    (header_len,) = struct.unpack("<Q", head[:8])
-    if head[8:9] == b"{" and 0 < header_len < _MAX_HEADER:
-        return "safetensors"
     raise CheckpointError(
         f"{path}: not a checkpoint (expected a yolodeploy .safetensors file or an official YOLO .pt file)"
     )
