@@ -49,3 +49,17 @@ def max_rel_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
     """max |actual - expected| relative to max |expected| (robust to tiny and huge activations alike)."""
     scale = expected.abs().max().clamp_min(1e-12)
     return float((actual - expected).abs().max() / scale)
+
+
+def randomize_implicit_(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """Re-draw YOLOR implicit knowledge as the reference fixtures did (ImplicitA ~ N(0, 0.1^2), ImplicitM ~
+    N(1, 0.1^2), module by module), so that folding it into the output convs is really exercised."""
+    from yolodeploy.core.layers_v7 import ImplicitA, ImplicitM
+
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, (ImplicitA, ImplicitM)):
+                noise = torch.randn(module.implicit.shape, generator=gen) * 0.1
+                module.implicit.copy_(noise + (1.0 if isinstance(module, ImplicitM) else 0.0))
+    return model

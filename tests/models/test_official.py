@@ -142,3 +142,17 @@ def test_architecture_recovery_from_keys_and_shapes(name, overrides, deploy):
     module = "yolov6.models.yolo_lite" if "lite" in name else "yolov6.models.yolo"
     root: OfficialRecord = _record_class(f"{module}.Model")()
     assert match_architecture(root, model.state_dict(), 7, source="test") == (name, overrides, deploy)
+
+
+def test_saved_forms_cover_weights_fused_in_place_with_auxiliary_branch():
+    """An official yolov9-X saved after Model.fuse() keeps its auxiliary branch: the importer must find that form."""
+    from yolodeploy import reparameterize_model
+    from yolodeploy.models import create_model
+    from yolodeploy.models.official import _fits, _saved_forms
+
+    with torch.device("meta"):
+        model = create_model("yolov9-t").eval()
+        fused_in_place = reparameterize_model(model.model)  # blocks fused, auxiliary branch kept
+        forms = list(_saved_forms(model))
+    state_dict = {f"model.{k}": v for k, v in fused_in_place.state_dict().items()}
+    assert [_fits(form, state_dict) for form in forms] == [False, True, False]

@@ -19,6 +19,7 @@ __all__ = [
     "identity_kernel",
     "avgpool_kernel",
     "fused_conv",
+    "fold_implicit",
 ]
 
 
@@ -99,3 +100,25 @@ def _scaled_padding(like: nn.Conv2d, size: int) -> tuple[int, int]:
     """Padding for a ``size`` kernel that keeps the output grid of ``like`` (which may be smaller)."""
     grow = (size - like.kernel_size[0]) // 2
     return (like.padding[0] + grow, like.padding[1] + grow)
+
+
+def fold_implicit(
+    kernel: Tensor, bias: Tensor | None, implicit_add: Tensor | None, implicit_mul: Tensor | None
+) -> tuple[Tensor, Tensor]:
+    """Fold YOLOR implicit knowledge around a 1x1 conv: ``mul * conv(x + add)`` as one ``(kernel, bias)``.
+
+    ``implicit_add`` (ImplicitA, added to the conv input) has one value per input channel, ``implicit_mul``
+    (ImplicitM, multiplying the conv output) one per output channel (any shape with that many elements, e.g.
+    ``(1, C, 1, 1)``). ``mul * (W (x + add) + b) = (mul W) x + mul (W add + b)``, exact for 1x1 kernels only
+    (a padded larger kernel would see the added constant at the borders too).
+    """
+    if kernel.shape[-1] != 1 or kernel.shape[-2] != 1:
+        raise ValueError(f"implicit knowledge folds exactly into 1x1 convs only, got a {tuple(kernel.shape)} kernel")
+    if bias is None:
+        bias = kernel.new_zeros(kernel.shape[0])
+    if implicit_add is not None:
+        bias = bias + (kernel * implicit_add.reshape(1, -1, 1, 1)).sum((1, 2, 3))
+    if implicit_mul is not None:
+        scale = implicit_mul.reshape(-1)
+        kernel, bias = kernel * scale.reshape(-1, 1, 1, 1), bias * scale
+    return kernel, bias

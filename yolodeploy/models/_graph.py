@@ -19,7 +19,17 @@ from typing import Any
 
 from torch import Tensor, nn
 
-__all__ = ["Kind", "ModuleSpec", "LayerSpec", "BuildContext", "build_layers", "LayerGraph", "make_divisible"]
+__all__ = [
+    "Kind",
+    "ModuleSpec",
+    "LayerSpec",
+    "BuildContext",
+    "build_layers",
+    "LayerGraph",
+    "make_divisible",
+    "saved_indices",
+    "run_layers",
+]
 
 From = int | tuple[int, ...]
 
@@ -35,6 +45,7 @@ class Kind(Enum):
     LINEAR_SPLIT = "linear_split"  # (CBLinear) ctor(c_in, args[0] (unscaled list), *args[1:])
     FUSE = "fuse"  # (CBFuse) output channels = last input's; ctor(*args)
     SAME = "same"  # output channels = input's; ctor(*args)
+    SPACE_TO_DEPTH = "space_to_depth"  # (ReOrg) output channels = 4 x input's; ctor(*args)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -122,11 +133,36 @@ def _build_one(spec: ModuleSpec, row: LayerSpec, ctx: BuildContext, ch: Callable
         args = [ch(row.source), *args]
     elif spec.kind is Kind.FUSE:
         c_out = ch(sources[-1])
+    elif spec.kind is Kind.SPACE_TO_DEPTH:
+        c_out = 4 * ch(sources[0])
     else:
         c_out = ch(sources[0])
     if repeats > 1:
         return nn.Sequential(*(spec.factory(*args, **kwargs) for _ in range(repeats))), c_out
     return spec.factory(*args, **kwargs), c_out
+
+
+def saved_indices(layers: Sequence[nn.Module]) -> list[int]:
+    """Indices of the layers whose outputs a later layer reads (besides the next one), sorted."""
+    return sorted(
+        {s % layer.i for layer in layers for s in (layer.f if isinstance(layer.f, tuple) else (layer.f,)) if s != -1}
+    )
+
+
+def run_layers(layers: Sequence[nn.Module], x: Any, saved: Sequence[int] | set[int]) -> tuple[Any, list[Any]]:
+    """Forward through ``layers`` (tagged ``.i``/``.f`` by :func:`build_layers`), the first one reading ``x``.
+
+    Returns the last layer's output and the per-layer outputs (None except at the ``saved`` indices), so that
+    a caller can pick any saved intermediate map (e.g. the inputs of a detection head).
+    """
+    outputs: list[Any] = []
+    saved = set(saved)
+    for layer in layers:
+        if layer.f != -1:
+            x = outputs[layer.f] if isinstance(layer.f, int) else [x if j == -1 else outputs[j] for j in layer.f]
+        x = layer(x)
+        outputs.append(x if layer.i in saved else None)
+    return x, outputs
 
 
 class LayerGraph(nn.Module):
@@ -135,22 +171,8 @@ class LayerGraph(nn.Module):
     def __init__(self, layers: list[nn.Module]) -> None:
         super().__init__()
         self.model = nn.Sequential(*layers)
-        self.save = sorted(
-            {
-                s % layer.i
-                for layer in layers
-                for s in (layer.f if isinstance(layer.f, tuple) else (layer.f,))
-                if s != -1
-            }
-        )
+        self.save = saved_indices(layers)
 
     def run(self, x: Tensor, stop: int | None = None) -> Any:
         """Forward through layers ``[0, stop)`` (all by default); returns the last layer's output."""
-        outputs: list[Any] = []
-        saved = set(self.save)
-        for layer in self.model[:stop] if stop is not None else self.model:
-            if layer.f != -1:
-                x = outputs[layer.f] if isinstance(layer.f, int) else [x if j == -1 else outputs[j] for j in layer.f]
-            x = layer(x)
-            outputs.append(x if layer.i in saved else None)
-        return x
+        return run_layers(self.model[:stop] if stop is not None else self.model, x, self.save)[0]

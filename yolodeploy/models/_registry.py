@@ -29,7 +29,7 @@ __all__ = [
 _MODEL_ENTRYPOINTS: dict[str, Callable[..., nn.Module]] = {}
 _MODEL_FAMILY: dict[str, str] = {}
 _MODEL_CLASSES: dict[str, type[nn.Module]] = {}
-_FAMILY_MODULES = ("yolov6", "yolov6_lite")
+_FAMILY_MODULES = ("yolov6", "yolov6_lite", "yolov7", "yolov9")
 
 
 def register_model(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:

@@ -14,6 +14,7 @@ normally imports their code and may execute anything the file names. Here it nev
 
 from __future__ import annotations
 
+import copy
 import functools
 import importlib
 import os
@@ -180,14 +181,24 @@ def _model_from_yaml(
         model = hook(yaml_cfg, num_classes) if hook else None
         if model is None:
             continue
-        if not _fits(model, state_dict):
-            model = reparameterize_model(model.eval(), inplace=True)
+        model = next((form for form in _saved_forms(model.eval()) if _fits(form, state_dict)), model)
         load_state_dict_checked(model, state_dict, source=str(path))
         return model
     raise ArchitectureMismatchError(
         f"{path}: its recorded architecture ({root.official_name}) uses layers no registered family knows; "
         "see `yolodeploy models` for what is supported"
     )
+
+
+def _saved_forms(model: nn.Module):
+    """The forms an official model may have been saved in: as trained; blocks fused in place (``Model.fuse()``,
+    auxiliary branches kept); fully converted to deploy form (auxiliary branches dropped)."""
+    yield model
+    in_place = copy.deepcopy(model)
+    for child in in_place.children():
+        reparameterize_model(child, inplace=True)
+    yield in_place
+    yield reparameterize_model(model)
 
 
 def _fits(model: nn.Module, state_dict: dict[str, torch.Tensor]) -> bool:
