@@ -21,7 +21,7 @@ from yolodeploy.bench.latency import time_interleaved
 from yolodeploy.models import create_model
 from yolodeploy.utils.io import atomic_write_text
 
-DEFAULT_MODELS = ["yolov6n", "yolov6s"]
+DEFAULT_MODELS = ["yolov6n", "yolov6s", "yolov7-tiny", "yolov9-t", "gelan-t"]
 
 
 def bench_model(name: str, img_size: int, warmup: int, iters: int) -> dict:
@@ -60,12 +60,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     results = []
-    print(f"{'model':<10}{'train p50 ms':>14}{'deploy p50 ms':>15}{'ratio':>8}")
+    print(f"{'model':<12}{'train p50 ms':>14}{'deploy p50 ms':>15}{'ratio':>8}")
     for name in args.models:
         r = bench_model(name, args.img, args.warmup, args.iters)
         results.append(r)
         print(
-            f"{name:<10}{r['train']['p50_ms']:>14.1f}{r['deploy']['p50_ms']:>15.1f}"
+            f"{name:<12}{r['train']['p50_ms']:>14.1f}{r['deploy']['p50_ms']:>15.1f}"
             f"{r['ratio_train_over_deploy_p50']:>7.2f}x"
         )
     if args.json:

@@ -126,3 +126,28 @@ def test_console_script_entry_point_reports_errors_without_traceback(tmp_path):
     )
     assert proc.returncode == 1
     assert proc.stderr.strip().startswith("error: ") and "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("family", "folder", "arch", "deploy_arch"),
+    [
+        ("yolov7", "yolov7-tiny", "yolov7_tiny", "yolov7_tiny"),
+        ("yolov9", "yolov9-t", "yolov9_t", "gelan_t"),
+        ("yolov9", "gelan-t", "gelan_t", "gelan_t"),
+    ],
+)
+def test_convert_and_reparam_cover_yolov7_and_yolov9(family, folder, arch, deploy_arch, tmp_path):
+    official = reference_dir(family, folder) / "official_checkpoint.pt"
+    converted, deployed = tmp_path / "c.safetensors", tmp_path / "d.safetensors"
+    assert run("convert", str(official), "-o", str(converted)).exit_code == 0
+    info = run("info", str(converted)).output
+    assert f"arch            {arch}" in info and "num_classes     80" in info
+    result = run("reparam", str(converted), "-o", str(deployed), "--img", "128")
+    assert result.exit_code == 0 and "train vs deploy: OK" in result.output, result.output
+    model = load_checkpoint(deployed)
+    assert model.form == "deploy" and model.arch == deploy_arch
+
+
+def test_models_lists_every_family():
+    names = run("models", "--no-flops").output.split()
+    assert {"yolov6n", "yolov6_lite_s", "yolov7_tiny", "yolov7_e6e", "yolov9_t", "gelan_c", "yolov9_cf"} <= set(names)
