@@ -20,6 +20,7 @@ from .fuse import avgpool_kernel, conv_bn_kernel_bias, fold_bn, fused_conv, iden
 
 __all__ = [
     "batch_norm",
+    "make_activation",
     "ConvModule",
     "ConvBNAct",
     "ConvBNReLU",
@@ -52,7 +53,8 @@ def batch_norm(channels: int) -> nn.BatchNorm2d:
     return nn.BatchNorm2d(channels, eps=BN_EPS, momentum=BN_MOMENTUM)
 
 
-def _activation(name: str | None) -> nn.Module:
+def make_activation(name: str | None) -> nn.Module:
+    """The activation module for a config name (None: identity)."""
     if name is None:
         return nn.Identity()
     if name not in _ACTIVATIONS:
@@ -96,7 +98,7 @@ class ConvModule(nn.Module):
             in_channels, out_channels, kernel_size, stride, padding, groups=groups, bias=bias or inference_mode
         )
         self.bn = nn.Identity() if inference_mode else batch_norm(out_channels)
-        self.act = _activation(activation)
+        self.act = make_activation(activation)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.act(self.bn(self.conv(x)))

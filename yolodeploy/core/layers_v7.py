@@ -18,10 +18,12 @@ from torch import Tensor, nn
 
 from .boxes import make_anchor_points
 from .fuse import conv_bn_kernel_bias, fold_bn, fused_conv, identity_kernel, pad_kernel
-from .layers import ConvModule, _activation, batch_norm
+from .layers import ConvModule, batch_norm, make_activation
 
 __all__ = [
-    "conv",
+    "DEFAULT_ACTIVATION",
+    "autopad",
+    "Conv",
     "RepConv",
     "MP",
     "SP",
@@ -38,18 +40,52 @@ __all__ = [
 ]
 
 
-def conv(
-    in_channels: int,
-    out_channels: int,
-    kernel_size: int = 1,
-    stride: int = 1,
-    padding: int | None = None,
-    groups: int = 1,
-    activation: str | None = "silu",
-) -> ConvModule:
-    """The official ``Conv`` (Conv2d-BN-activation, ``conv``/``bn``/``act``) in the argument order of its layer
-    table rows: ``(c_in, c_out, kernel, stride, padding, groups)``; the activation is a keyword."""
-    return ConvModule(in_channels, out_channels, kernel_size, stride, activation, padding, groups)
+DEFAULT_ACTIVATION = "silu"  # the official Conv.default_act
+
+
+def autopad(kernel_size: int, padding: int | None = None, dilation: int = 1) -> int:
+    """'Same' padding of a (dilated) square kernel, unless ``padding`` is given."""
+    if padding is not None:
+        return padding
+    return (dilation * (kernel_size - 1) + 1) // 2
+
+
+class Conv(ConvModule):
+    """Conv2d -> BatchNorm2d -> activation, with the official argument order ``(c_in, c_out, k, s, p, g, d)``.
+
+    Keys ``conv.weight``, ``bn.*``; ``reparameterize()`` folds the BN into a biased ``conv``.
+
+    Args:
+        in_channels: input channels.
+        out_channels: output channels.
+        kernel_size: square kernel size.
+        stride: conv stride.
+        padding: conv padding; None means 'same'.
+        groups: conv groups.
+        dilation: conv dilation.
+        activation: activation name, or None for none.
+        inference_mode: build the fused form directly.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int = 1,
+        stride: int = 1,
+        padding: int | None = None,
+        groups: int = 1,
+        dilation: int = 1,
+        activation: str | None = DEFAULT_ACTIVATION,
+        inference_mode: bool = False,
+    ) -> None:
+        padding = autopad(kernel_size, padding, dilation)
+        super().__init__(
+            in_channels, out_channels, kernel_size, stride, activation, padding, groups, inference_mode=inference_mode
+        )
+        if dilation != 1:
+            bias = self.conv.bias is not None
+            self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias)
 
 
 class RepConv(nn.Module):
@@ -85,7 +121,7 @@ class RepConv(nn.Module):
         if kernel_size != 3 or padding not in (None, 1):
             raise ValueError(f"RepConv needs kernel_size=3 and padding 1 (got {kernel_size}, {padding})")
         self.in_channels, self.out_channels, self.groups = in_channels, out_channels, groups
-        self.act = _activation(activation)
+        self.act = make_activation(activation)
         if inference_mode:
             self.rbr_reparam = nn.Conv2d(in_channels, out_channels, 3, stride, 1, groups=groups, bias=True)
             return
@@ -201,9 +237,9 @@ class DownC(nn.Module):
 
     def __init__(self, in_channels: int, out_channels: int, repeats: int = 1, kernel_size: int = 2) -> None:
         super().__init__()
-        self.cv1 = conv(in_channels, in_channels, 1, 1)
-        self.cv2 = conv(in_channels, out_channels // 2, 3, kernel_size)
-        self.cv3 = conv(in_channels, out_channels // 2, 1, 1)
+        self.cv1 = Conv(in_channels, in_channels, 1, 1)
+        self.cv2 = Conv(in_channels, out_channels // 2, 3, kernel_size)
+        self.cv3 = Conv(in_channels, out_channels // 2, 1, 1)
         self.mp = nn.MaxPool2d(kernel_size=kernel_size, stride=kernel_size)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -211,7 +247,7 @@ class DownC(nn.Module):
 
 
 class SPPCSPC(nn.Module):
-    """Spatial pyramid pooling in a CSP block (convs always SiLU, as in the official code).
+    """Spatial pyramid pooling in a CSP block (YOLOv7 always uses SiLU here, as in the official code).
 
     Args:
         in_channels: input channels.
@@ -219,6 +255,7 @@ class SPPCSPC(nn.Module):
         repeats, shortcut, groups: unused (official signature).
         expansion: hidden channels = ``2 * out_channels * expansion``.
         pool_sizes: the parallel max-pool kernel sizes.
+        activation: activation name of every conv.
     """
 
     def __init__(
@@ -230,17 +267,19 @@ class SPPCSPC(nn.Module):
         groups: int = 1,
         expansion: float = 0.5,
         pool_sizes: Sequence[int] = (5, 9, 13),
+        activation: str | None = DEFAULT_ACTIVATION,
     ) -> None:
         super().__init__()
         hidden = int(2 * out_channels * expansion)
-        self.cv1 = conv(in_channels, hidden, 1, 1)
-        self.cv2 = conv(in_channels, hidden, 1, 1)
-        self.cv3 = conv(hidden, hidden, 3, 1)
-        self.cv4 = conv(hidden, hidden, 1, 1)
+        act = {"activation": activation}
+        self.cv1 = Conv(in_channels, hidden, 1, 1, **act)
+        self.cv2 = Conv(in_channels, hidden, 1, 1, **act)
+        self.cv3 = Conv(hidden, hidden, 3, 1, **act)
+        self.cv4 = Conv(hidden, hidden, 1, 1, **act)
         self.m = nn.ModuleList(nn.MaxPool2d(kernel_size=k, stride=1, padding=k // 2) for k in pool_sizes)
-        self.cv5 = conv(4 * hidden, hidden, 1, 1)
-        self.cv6 = conv(hidden, hidden, 3, 1)
-        self.cv7 = conv(2 * hidden, out_channels, 1, 1)
+        self.cv5 = Conv(4 * hidden, hidden, 1, 1, **act)
+        self.cv6 = Conv(hidden, hidden, 3, 1, **act)
+        self.cv7 = Conv(2 * hidden, out_channels, 1, 1, **act)
 
     def forward(self, x: Tensor) -> Tensor:
         x1 = self.cv4(self.cv3(self.cv1(x)))

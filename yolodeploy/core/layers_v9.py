@@ -26,7 +26,8 @@ from torch import Tensor, nn
 
 from .boxes import dist2bbox, make_anchor_points
 from .fuse import conv_bn_kernel_bias, fused_conv, pad_kernel
-from .layers import ConvModule, _activation
+from .layers import make_activation
+from .layers_v7 import DEFAULT_ACTIVATION, MP, SP, SPPCSPC, Concat, Conv, autopad
 
 __all__ = [
     "DEFAULT_ACTIVATION",
@@ -53,53 +54,6 @@ __all__ = [
     "DualDDetect",
     "TripleDDetect",
 ]
-
-DEFAULT_ACTIVATION = "silu"  # the official Conv.default_act
-
-
-def autopad(kernel_size: int, padding: int | None = None, dilation: int = 1) -> int:
-    """'Same' padding of a (dilated) square kernel, unless ``padding`` is given."""
-    if padding is not None:
-        return padding
-    return (dilation * (kernel_size - 1) + 1) // 2
-
-
-class Conv(ConvModule):
-    """Conv2d -> BatchNorm2d -> activation, with the official argument order ``(c_in, c_out, k, s, p, g, d)``.
-
-    Keys ``conv.weight``, ``bn.*``; ``reparameterize()`` folds the BN into a biased ``conv``.
-
-    Args:
-        in_channels: input channels.
-        out_channels: output channels.
-        kernel_size: square kernel size.
-        stride: conv stride.
-        padding: conv padding; None means 'same'.
-        groups: conv groups.
-        dilation: conv dilation.
-        activation: activation name, or None for none.
-        inference_mode: build the fused form directly.
-    """
-
-    def __init__(
-        self,
-        in_channels: int,
-        out_channels: int,
-        kernel_size: int = 1,
-        stride: int = 1,
-        padding: int | None = None,
-        groups: int = 1,
-        dilation: int = 1,
-        activation: str | None = DEFAULT_ACTIVATION,
-        inference_mode: bool = False,
-    ) -> None:
-        padding = autopad(kernel_size, padding, dilation)
-        super().__init__(
-            in_channels, out_channels, kernel_size, stride, activation, padding, groups, inference_mode=inference_mode
-        )
-        if dilation != 1:
-            bias = self.conv.bias is not None
-            self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias)
 
 
 class RepConvN(nn.Module):
@@ -133,7 +87,7 @@ class RepConvN(nn.Module):
         if kernel_size != 3 or padding != 1:
             raise ValueError(f"RepConvN needs kernel_size=3, padding=1 (got {kernel_size}, {padding})")
         self.in_channels, self.out_channels, self.groups = in_channels, out_channels, groups
-        self.act = _activation(activation)
+        self.act = make_activation(activation)
         if inference_mode:
             self.conv = nn.Conv2d(in_channels, out_channels, 3, stride, 1, groups=groups, bias=True)
             return
@@ -340,28 +294,6 @@ class ADown(nn.Module):
         return torch.cat((self.cv1(first), self.cv2(F.max_pool2d(second, 3, 2, 1))), 1)
 
 
-class SP(nn.Module):
-    """'Same'-size max pool (official ``SP``)."""
-
-    def __init__(self, kernel_size: int = 3, stride: int = 1) -> None:
-        super().__init__()
-        self.m = nn.MaxPool2d(kernel_size=kernel_size, stride=stride, padding=kernel_size // 2)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.m(x)
-
-
-class MP(nn.Module):
-    """Max pool with stride = kernel (official ``MP``)."""
-
-    def __init__(self, kernel_size: int = 2) -> None:
-        super().__init__()
-        self.m = nn.MaxPool2d(kernel_size=kernel_size, stride=kernel_size)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.m(x)
-
-
 class SPPELAN(nn.Module):
     """SPP in ELAN form: cv1, then three chained 5x5 max pools, all four concatenated into cv5.
 
@@ -385,60 +317,6 @@ class SPPELAN(nn.Module):
         outputs = [self.cv1(x)]
         outputs.extend(pool(outputs[-1]) for pool in (self.cv2, self.cv3, self.cv4))
         return self.cv5(torch.cat(outputs, 1))
-
-
-class SPPCSPC(nn.Module):
-    """CSP SPP block of YOLOv7 (used by yolov7-af).
-
-    Args:
-        in_channels: input channels.
-        out_channels: output channels.
-        repeats: unused (the official signature has it).
-        shortcut: unused (the official signature has it).
-        groups: unused (the official signature has it).
-        expansion: hidden channels = ``int(2 * out_channels * expansion)``.
-        kernel_sizes: the parallel max-pool kernels.
-        activation: activation name.
-    """
-
-    def __init__(
-        self,
-        in_channels: int,
-        out_channels: int,
-        repeats: int = 1,
-        shortcut: bool = False,
-        groups: int = 1,
-        expansion: float = 0.5,
-        kernel_sizes: Sequence[int] = (5, 9, 13),
-        activation: str | None = DEFAULT_ACTIVATION,
-    ) -> None:
-        super().__init__()
-        hidden = int(2 * out_channels * expansion)
-        act = {"activation": activation}
-        self.cv1 = Conv(in_channels, hidden, 1, 1, **act)
-        self.cv2 = Conv(in_channels, hidden, 1, 1, **act)
-        self.cv3 = Conv(hidden, hidden, 3, 1, **act)
-        self.cv4 = Conv(hidden, hidden, 1, 1, **act)
-        self.m = nn.ModuleList(nn.MaxPool2d(kernel_size=k, stride=1, padding=k // 2) for k in kernel_sizes)
-        self.cv5 = Conv(4 * hidden, hidden, 1, 1, **act)
-        self.cv6 = Conv(hidden, hidden, 3, 1, **act)
-        self.cv7 = Conv(2 * hidden, out_channels, 1, 1, **act)
-
-    def forward(self, x: Tensor) -> Tensor:
-        x1 = self.cv4(self.cv3(self.cv1(x)))
-        y1 = self.cv6(self.cv5(torch.cat([x1] + [pool(x1) for pool in self.m], 1)))
-        return self.cv7(torch.cat((y1, self.cv2(x)), 1))
-
-
-class Concat(nn.Module):
-    """Concatenate a list of tensors along ``dimension``."""
-
-    def __init__(self, dimension: int = 1) -> None:
-        super().__init__()
-        self.d = dimension
-
-    def forward(self, x: list[Tensor]) -> Tensor:
-        return torch.cat(x, self.d)
 
 
 class Silence(nn.Module):

@@ -38,6 +38,7 @@ from ..core.layers_v7 import (
     SP,
     SPPCSPC,
     Concat,
+    Conv,
     Detect,
     DownC,
     IAuxDetect,
@@ -45,7 +46,6 @@ from ..core.layers_v7 import (
     ReOrg,
     RepConv,
     Shortcut,
-    conv,
 )
 from ..errors import ArchitectureMismatchError, ConfigError
 from ._base import ConfigMixin, Detector
@@ -66,7 +66,7 @@ Row = tuple[Any, int, str, tuple]  # (from, repeats, module, args): one layer-ta
 
 _DETECT = ModuleSpec(Detect, Kind.DETECT)
 MODULES: dict[str, ModuleSpec] = {
-    "Conv": ModuleSpec(conv, Kind.CONV, takes_activation=True),
+    "Conv": ModuleSpec(Conv, Kind.CONV, takes_activation=True),
     "RepConv": ModuleSpec(RepConv, Kind.CONV, takes_activation=True),
     "DownC": ModuleSpec(DownC, Kind.CONV_REPEAT),
     "SPPCSPC": ModuleSpec(SPPCSPC, Kind.CONV_REPEAT),

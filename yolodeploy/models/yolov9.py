@@ -35,7 +35,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..core.layers import _activation
+from ..core.layers import make_activation
 from ..core.layers_v9 import (
     ELAN1,
     MP,
@@ -138,7 +138,7 @@ class YOLOv9Config(ConfigMixin):
             raise ValueError(f"YOLOv9Config.layers uses unknown modules {unknown}; known: {', '.join(MODULES)}")
         if MODULES[self.layers[-1][2]].kind is not Kind.DETECT:
             raise ValueError(f"the last layer must be a detection head, got {self.layers[-1][2]!r}")
-        _activation(self.activation)  # raises ValueError naming the valid ones
+        make_activation(self.activation)  # raises ValueError naming the valid ones
         if self.num_classes < 1:
             raise ValueError(f"YOLOv9Config.num_classes must be positive, got {self.num_classes}")
 
