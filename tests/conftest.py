@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from pathlib import Path
 
 import pytest
@@ -63,3 +64,29 @@ def randomize_implicit_(model: torch.nn.Module, seed: int = 0) -> torch.nn.Modul
                 noise = torch.randn(module.implicit.shape, generator=gen) * 0.1
                 module.implicit.copy_(noise + (1.0 if isinstance(module, ImplicitM) else 0.0))
     return model
+
+
+def export_tiny_onnx(path: Path, *, img_size: int = 32, dynamic_batch: bool = True, seed: int = 0) -> torch.nn.Module:
+    """A tiny conv net exported as ``images`` (B, 3, H, W) -> ``outputs`` (B, 6, H*W), the deploy I/O names.
+
+    For tests that need *an* ONNX file fast (engine builds, CLI); zoo exports use ``deploy.export.export_onnx``.
+    Returns the eval-mode module, for parity checks.
+    """
+    torch.manual_seed(seed)
+    net = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.SiLU(), torch.nn.Conv2d(8, 6, 1), torch.nn.Flatten(2)
+    ).eval()
+    dynamic_axes = {"images": {0: "batch"}, "outputs": {0: "batch"}} if dynamic_batch else None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # the TorchScript exporter is deprecated, and fast
+        torch.onnx.export(
+            net,
+            torch.rand(1, 3, img_size, img_size),
+            str(path),
+            dynamo=False,
+            opset_version=17,
+            input_names=["images"],
+            output_names=["outputs"],
+            dynamic_axes=dynamic_axes,
+        )
+    return net

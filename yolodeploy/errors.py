@@ -15,6 +15,14 @@ __all__ = [
     "UnsafeCheckpointError",
     "ArchitectureMismatchError",
     "BackendUnavailableError",
+    "ExportError",
+    "OnnxModelError",
+    "RunnerError",
+    "FeedError",
+    "EngineError",
+    "EngineMismatchError",
+    "ImageError",
+    "BenchmarkResultError",
 ]
 
 
@@ -49,3 +57,35 @@ class ArchitectureMismatchError(CheckpointError):
 
 class BackendUnavailableError(YoloDeployError):
     """An optional backend (TensorRT, ONNX Runtime, CUDA...) that is not installed or has no device."""
+
+
+class ImageError(YoloDeployError, ValueError):
+    """An image file that is missing or unreadable, or an array that is not an HWC RGB image."""
+
+
+class BenchmarkResultError(YoloDeployError):
+    """A benchmark result JSON that is missing, corrupt, or lacks what a comparison needs."""
+
+
+class RunnerError(YoloDeployError):
+    """A runner used the wrong way (e.g. ``infer`` before ``activate``) or unable to start."""
+
+
+class FeedError(RunnerError, ValueError):
+    """An inference feed that does not fit the model: unknown/missing input, wrong dtype, rank or shape."""
+
+
+class EngineError(YoloDeployError):
+    """A TensorRT engine (or ORT-optimized model) that cannot be built or loaded, or an invalid build option."""
+
+
+class EngineMismatchError(EngineError):
+    """An engine whose sidecar names another TensorRT version or GPU than the one it would run on."""
+
+
+class ExportError(YoloDeployError):
+    """An ONNX export that failed or produced a wrong graph (wrong opset, parity above tolerance...)."""
+
+
+class OnnxModelError(YoloDeployError, ValueError):
+    """An ONNX file that is missing, corrupt, invalid, or whose I/O does not fit (e.g. input not an image)."""

@@ -33,9 +33,9 @@ def cli() -> None:
 
 
 def _register_commands() -> None:
-    from . import convert, demo, zoo
+    from . import benchmark, convert, demo, engine, env, export, zoo
 
-    for module in (zoo, convert, demo):
+    for module in (zoo, convert, demo, benchmark, engine, env, export):
         for command in module.COMMANDS:
             cli.add_command(command)
 

@@ -1,0 +1,70 @@
+"""``yolodeploy build-engine``: a TensorRT engine (or an ONNX Runtime optimized graph) from an ONNX file."""
+
+from __future__ import annotations
+
+import click
+
+__all__ = ["COMMANDS"]
+
+# Options that only mean something to TensorRT (refused with --backend ort rather than silently ignored).
+TRT_OPTIONS = ("fp16", "int8", "bs", "opt_bs", "min_shape", "opt_shape", "max_shape", "workspace", "timing_cache")
+
+
+@click.command("build-engine")
+@click.argument("onnx_path", metavar="MODEL.onnx", type=click.Path(dir_okay=False))
+@click.option("-o", "--output", type=click.Path(dir_okay=False), help="trt: default MODEL.engine; ort: MODEL.ort.onnx.")
+@click.option("--backend", type=click.Choice(["trt", "ort"]), default="trt", show_default=True)
+@click.option("--fp16", is_flag=True, help="trt: allow fp16 kernels (TensorRT 11: needs an fp16 ONNX).")
+@click.option("--int8", is_flag=True, help="trt: int8 from the ONNX's Q/DQ nodes (run `yolodeploy quantize` first).")
+@click.option("--bs", help="trt: batch sizes the engine takes, e.g. 1,32 (profile min..max; default 1).")
+@click.option("--opt-bs", type=int, help="trt: the batch TensorRT tunes for (default: the largest of --bs).")
+@click.option("--min-shape", multiple=True, help="trt: explicit profile instead of --bs, e.g. 1x3x640x640.")
+@click.option("--opt-shape", multiple=True, help="trt: explicit profile opt shape (default: --max-shape).")
+@click.option("--max-shape", multiple=True, help="trt: explicit profile max shape.")
+@click.option("--workspace", type=float, help="trt: builder workspace limit in GiB.")
+@click.option("--timing-cache", type=click.Path(dir_okay=False), help="trt: timing cache file (read, then updated).")
+@click.option("--no-inspect", is_flag=True, help="trt: skip the per-layer report (<engine>.layers.json).")
+@click.option(
+    "--level",
+    type=click.Choice(["basic", "extended", "all"]),
+    default="extended",
+    show_default=True,
+    help="ort: graph optimization level to save (all adds CPU-specific layouts).",
+)
+@click.option("--threads", type=int, help="ort: intra-op threads of the optimizing session.")
+def build_engine_command(onnx_path: str, output: str | None, backend: str, no_inspect: bool, **options) -> None:
+    """Build a TensorRT engine from MODEL.onnx: the plan, its <engine>.json sidecar and <engine>.layers.json.
+    With --backend ort, save ONNX Runtime's optimized graph instead (--level; MODEL.ort.onnx + sidecar)."""
+    from ..errors import ConfigError
+
+    level, threads = options.pop("level"), options.pop("threads")
+    if backend == "ort":
+        given = [f"--{name.replace('_', '-')}" for name in TRT_OPTIONS if options[name] not in (None, False, ())]
+        if given:
+            raise ConfigError(f"{', '.join(given)}: TensorRT options, they do not apply to --backend ort")
+        from ..deploy.ort_build import optimize_onnx
+
+        report = optimize_onnx(onnx_path, output, level=level, threads=threads)
+    else:
+        if threads is not None:
+            raise ConfigError("--threads applies to --backend ort only")
+        from ..deploy.tensorrt_build import build_engine, default_engine_path
+
+        report = build_engine(
+            onnx_path,
+            output or default_engine_path(onnx_path),
+            fp16=options["fp16"],
+            int8=options["int8"],
+            batch_sizes=options["bs"],
+            opt_batch=options["opt_bs"],
+            min_shape=options["min_shape"],
+            opt_shape=options["opt_shape"],
+            max_shape=options["max_shape"],
+            workspace_gib=options["workspace"],
+            timing_cache=options["timing_cache"],
+            inspect=not no_inspect,
+        )
+    click.echo("\n".join(report.lines()))
+
+
+COMMANDS = [build_engine_command]

@@ -1,0 +1,139 @@
+"""``yolodeploy export`` (ONNX, with optional NMS) and ``yolodeploy export-triton`` (a Triton model repository)."""
+
+from __future__ import annotations
+
+import click
+
+__all__ = ["COMMANDS"]
+
+
+@click.command("export")
+@click.argument("checkpoint", metavar="CKPT")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Destination .onnx file.")
+@click.option("--opset", default=17, show_default=True, help="ONNX opset (checked in the written file).")
+@click.option("--dynamic-batch", is_flag=True, help="Dynamic batch dimension (named 'batch').")
+@click.option("--img", "img_size", type=int, help="Square input size [default: the model's input size, e.g. 640].")
+@click.option("--half", is_flag=True, help="fp16 weights and fp16 input/outputs.")
+@click.option(
+    "--nms",
+    type=click.Choice(["none", "ort", "trt"]),
+    default="none",
+    show_default=True,
+    help="Append NMS: ort = standard ONNX ops, trt = TensorRT's EfficientNMS_TRT plugin.",
+)
+@click.option("--topk", default=100, show_default=True, help="NMS: detections kept per image.")
+@click.option("--iou", default=0.65, show_default=True, help="NMS: IoU threshold.")
+@click.option("--conf", default=0.001, show_default=True, help="NMS: score threshold.")
+@click.option(
+    "--exporter",
+    type=click.Choice(["torchscript", "dynamo"]),
+    default="torchscript",
+    show_default=True,
+    help="torch.onnx.export path (dynamo needs --opset 18 for these models).",
+)
+@click.option("--no-check", is_flag=True, help="Skip the ONNX Runtime parity check.")
+def export_command(
+    checkpoint: str,
+    output: str,
+    opset: int,
+    dynamic_batch: bool,
+    img_size: int | None,
+    half: bool,
+    nms: str,
+    topk: int,
+    iou: float,
+    conf: float,
+    exporter: str,
+    no_check: bool,
+) -> None:
+    """Export the deploy form of CKPT to ONNX and check it in ONNX Runtime against PyTorch.
+
+    CKPT is a yolodeploy checkpoint (.safetensors), an official YOLOv6/v7/v9 .pt, or a model name from
+    `yolodeploy models` (random weights: for benchmarks and tests only).
+    """
+    from ..deploy.export import export_onnx, load_model_source
+    from ..deploy.nms import NMSConfig
+
+    model = load_model_source(checkpoint)
+    report = export_onnx(
+        model,
+        output,
+        img_size=img_size,
+        opset=opset,
+        dynamic_batch=dynamic_batch,
+        half=half,
+        nms=NMSConfig(nms, topk=topk, iou=iou, conf=conf),
+        check=not no_check,
+        exporter=exporter,
+    )
+    click.echo("\n".join(report.lines()))
+
+
+def _batch_list(value: str | None) -> list[int]:
+    from ..errors import ConfigError
+
+    try:
+        return [int(item) for item in (value or "").split(",") if item.strip()]
+    except ValueError:
+        raise ConfigError(f"--preferred-batch {value!r}: expected comma-separated integers, e.g. 8,16,32") from None
+
+
+@click.command("export-triton")
+@click.argument("model_file", metavar="MODEL", type=click.Path(dir_okay=False))
+@click.option(
+    "-o",
+    "--output",
+    "repository",
+    required=True,
+    type=click.Path(file_okay=False),
+    help="Triton model repository folder.",
+)
+@click.option("--name", help="Model name in Triton [default: MODEL's file stem].")
+@click.option(
+    "--platform",
+    type=click.Choice(["auto", "onnxruntime_onnx", "tensorrt_plan"]),
+    default="auto",
+    show_default=True,
+    help="auto: .onnx -> onnxruntime_onnx, .engine/.plan -> tensorrt_plan.",
+)
+@click.option("--max-batch", default=32, show_default=True, help="Largest batch Triton forms (0: no batching).")
+@click.option("--preferred-batch", help="Batch sizes the dynamic batcher aims for, e.g. 8,16,32.")
+@click.option("--max-queue-delay-us", default=100, show_default=True, help="Dynamic batching queue delay.")
+@click.option("--instances", default=1, show_default=True, help="Model instances (instance_group count).")
+@click.option("--version", "version", default=1, show_default=True, help="Version folder.")
+@click.option("--force", is_flag=True, help="Replace an existing model folder of that name.")
+def export_triton_command(
+    model_file: str,
+    repository: str,
+    name: str | None,
+    platform: str,
+    max_batch: int,
+    preferred_batch: str | None,
+    max_queue_delay_us: int,
+    instances: int,
+    version: int,
+    force: bool,
+) -> None:
+    """Write a Triton Inference Server model folder for MODEL (.onnx, or a TensorRT .engine with its sidecar):
+    <REPO>/<name>/<version>/model.onnx|model.plan and <REPO>/<name>/config.pbtxt."""
+    from pathlib import Path
+
+    from ..deploy.triton import export_triton
+
+    folder = export_triton(
+        model_file,
+        repository,
+        name=name or Path(model_file).stem,
+        platform=platform,
+        max_batch_size=max_batch,
+        preferred_batch_sizes=_batch_list(preferred_batch),
+        max_queue_delay_us=max_queue_delay_us,
+        instances=instances,
+        version=version,
+        overwrite=force,
+    )
+    click.echo(f"{model_file} -> {folder} ({(folder / 'config.pbtxt')})")
+    click.echo((folder / "config.pbtxt").read_text().rstrip())
+
+
+COMMANDS = [export_command, export_triton_command]
