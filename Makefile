@@ -10,7 +10,7 @@ TORCH_VERSION ?= 2.13.0
 TORCH_INDEX ?=
 STAMP := $(VENV)/.yolodeploy-installed
 
-.PHONY: setup demo test bench lint clean
+.PHONY: setup demo test bench bench-suite lint clean
 
 setup: $(STAMP)
 
@@ -25,12 +25,17 @@ $(STAMP): setup.cfg pyproject.toml constraints.txt
 demo: setup
 	$(VENV)/bin/yolodeploy models "yolov6n*"
 	$(VENV)/bin/yolodeploy demo --model yolov6n --out runs/demo
+	$(VENV)/bin/yolodeploy export runs/demo/yolov6n_deploy.safetensors -o runs/demo/yolov6n.onnx --dynamic-batch --img 320 --nms ort
+	$(VENV)/bin/yolodeploy bench runs/demo/yolov6n.onnx --backend ort --bs 1 --bs 4 --img 320 --iters 10 --json runs/demo/bench_ort.json
 
 test: setup
 	$(PY) -m pytest -q
 
 bench: setup
 	$(PY) benchmarks/reparam_latency.py --json benchmarks/results/reparam_latency.json
+
+bench-suite: setup
+	$(PY) benchmarks/run_suite.py --wait-idle 300 --retries 3
 
 lint: setup
 	$(VENV)/bin/ruff check yolodeploy tests benchmarks
