@@ -90,3 +90,22 @@ def export_tiny_onnx(path: Path, *, img_size: int = 32, dynamic_batch: bool = Tr
             dynamic_axes=dynamic_axes,
         )
     return net
+
+
+def run_cli(*args):
+    """Invoke the ``yolodeploy`` CLI in-process (arguments converted to strings)."""
+    from click.testing import CliRunner
+
+    from yolodeploy.cli.main import cli
+
+    return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
+
+
+def assert_one_line_error(result, *fragments: str) -> None:
+    """A user error: exit code 1, exactly one ``error: ...`` line holding every fragment, no traceback."""
+    assert result.exit_code == 1, result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1, result.output
+    assert lines[0].startswith("error: ") and "Traceback" not in result.output
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]

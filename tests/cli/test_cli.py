@@ -7,24 +7,9 @@ import sys
 
 import pytest
 import torch
-from click.testing import CliRunner
-from conftest import REPO_ROOT, reference_dir
+from conftest import REPO_ROOT, assert_one_line_error, reference_dir, run_cli
 
-from yolodeploy.cli.main import cli
 from yolodeploy.models import create_model, load_checkpoint, save_checkpoint
-
-
-def run(*args: str):
-    return CliRunner().invoke(cli, list(args), catch_exceptions=False)
-
-
-def assert_one_line_error(result, *fragments: str):
-    assert result.exit_code != 0
-    lines = [line for line in result.output.splitlines() if line.strip()]
-    assert len(lines) == 1, result.output
-    assert lines[0].startswith("error: ") and "Traceback" not in result.output
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +20,7 @@ def checkpoint(tmp_path_factory):
 
 
 def test_models_lists_with_params_and_flops():
-    result = run("models", "yolov6n")
+    result = run_cli("models", "yolov6n")
     assert result.exit_code == 0, result.output
     header, row = result.output.splitlines()[:2]
     assert "GFLOPs@640" in header and row.split()[0] == "yolov6n"
@@ -45,20 +30,20 @@ def test_models_lists_with_params_and_flops():
 
 
 def test_models_pattern_and_unknown():
-    names = run("models", "yolov6*_qa", "--no-flops").output.split()
+    names = run_cli("models", "yolov6*_qa", "--no-flops").output.split()
     assert names == ["yolov6m_qa", "yolov6n_qa", "yolov6s_qa"]
-    assert_one_line_error(run("models", "resnet*"), "no model matches")
+    assert_one_line_error(run_cli("models", "resnet*"), "no model matches")
 
 
 def test_info(checkpoint):
-    result = run("info", str(checkpoint))
+    result = run_cli("info", str(checkpoint))
     assert result.exit_code == 0, result.output
     assert "yolov6n" in result.output and "num_classes     2" in result.output and "train" in result.output
 
 
 def test_reparam_writes_verified_deploy_checkpoint(checkpoint, tmp_path):
     out = tmp_path / "deploy.safetensors"
-    result = run("reparam", str(checkpoint), "-o", str(out), "--img", "128")
+    result = run_cli("reparam", str(checkpoint), "-o", str(out), "--img", "128")
     assert result.exit_code == 0, result.output
     assert "train vs deploy: OK" in result.output
     assert load_checkpoint(out).form == "deploy"
@@ -67,7 +52,7 @@ def test_reparam_writes_verified_deploy_checkpoint(checkpoint, tmp_path):
 def test_convert_official(tmp_path):
     ref = reference_dir("yolov6", "yolov6n")
     out = tmp_path / "official.safetensors"
-    result = run("convert", str(ref / "official_checkpoint.pt"), "-o", str(out), "--half")
+    result = run_cli("convert", str(ref / "official_checkpoint.pt"), "-o", str(out), "--half")
     assert result.exit_code == 0, result.output
     assert "yolov6n" in result.output
     model = load_checkpoint(out)
@@ -77,23 +62,25 @@ def test_convert_official(tmp_path):
 @pytest.mark.parametrize("command", ["info", "reparam", "convert"])
 def test_missing_file(command, tmp_path):
     args = [command, str(tmp_path / "nope.pt")] + ([] if command == "info" else ["-o", str(tmp_path / "o.st")])
-    assert_one_line_error(run(*args), "no such file")
+    assert_one_line_error(run_cli(*args), "no such file")
     assert not (tmp_path / "o.st").exists()
 
 
 def test_truncated_and_non_checkpoint_files(checkpoint, tmp_path):
     cut = tmp_path / "cut.safetensors"
     cut.write_bytes(checkpoint.read_bytes()[:5000])
-    assert_one_line_error(run("reparam", str(cut), "-o", str(tmp_path / "o.st")), "truncated")
+    assert_one_line_error(run_cli("reparam", str(cut), "-o", str(tmp_path / "o.st")), "truncated")
     junk = tmp_path / "notes.txt"
     junk.write_text("these are not weights\n" * 10)
-    assert_one_line_error(run("convert", str(junk), "-o", str(tmp_path / "o.st")), "not a checkpoint")
+    assert_one_line_error(run_cli("convert", str(junk), "-o", str(tmp_path / "o.st")), "not a checkpoint")
     assert not (tmp_path / "o.st").exists()
 
 
 def test_unknown_architecture_and_wrong_num_classes(tmp_path):
-    assert_one_line_error(run("demo", "--model", "yolov6q", "--out", str(tmp_path)), "unknown model", "did you mean")
-    assert_one_line_error(run("demo", "--num-classes", "0", "--out", str(tmp_path)), "num_classes")
+    assert_one_line_error(
+        run_cli("demo", "--model", "yolov6q", "--out", str(tmp_path)), "unknown model", "did you mean"
+    )
+    assert_one_line_error(run_cli("demo", "--num-classes", "0", "--out", str(tmp_path)), "num_classes")
 
 
 def test_malicious_pickle_cli(tmp_path):
@@ -106,12 +93,12 @@ def test_malicious_pickle_cli(tmp_path):
             return (os.system, (f"touch {marker}",))
 
     torch.save({"model": Payload()}, tmp_path / "evil.pt")
-    assert_one_line_error(run("convert", str(tmp_path / "evil.pt"), "-o", str(tmp_path / "o.st")), "refusing")
+    assert_one_line_error(run_cli("convert", str(tmp_path / "evil.pt"), "-o", str(tmp_path / "o.st")), "refusing")
     assert not marker.exists() and not (tmp_path / "o.st").exists()
 
 
 def test_demo_main_job(tmp_path):
-    result = run("demo", "--out", str(tmp_path), "--img", "128")
+    result = run_cli("demo", "--out", str(tmp_path), "--img", "128")
     assert result.exit_code == 0, result.output
     assert "train vs deploy: OK" in result.output and "deploy vs reloaded: OK" in result.output
     assert (tmp_path / "yolov6n_deploy.safetensors").is_file()
@@ -139,15 +126,15 @@ def test_console_script_entry_point_reports_errors_without_traceback(tmp_path):
 def test_convert_and_reparam_cover_yolov7_and_yolov9(family, folder, arch, deploy_arch, tmp_path):
     official = reference_dir(family, folder) / "official_checkpoint.pt"
     converted, deployed = tmp_path / "c.safetensors", tmp_path / "d.safetensors"
-    assert run("convert", str(official), "-o", str(converted)).exit_code == 0
-    info = run("info", str(converted)).output
+    assert run_cli("convert", str(official), "-o", str(converted)).exit_code == 0
+    info = run_cli("info", str(converted)).output
     assert f"arch            {arch}" in info and "num_classes     80" in info
-    result = run("reparam", str(converted), "-o", str(deployed), "--img", "128")
+    result = run_cli("reparam", str(converted), "-o", str(deployed), "--img", "128")
     assert result.exit_code == 0 and "train vs deploy: OK" in result.output, result.output
     model = load_checkpoint(deployed)
     assert model.form == "deploy" and model.arch == deploy_arch
 
 
 def test_models_lists_every_family():
-    names = run("models", "--no-flops").output.split()
+    names = run_cli("models", "--no-flops").output.split()
     assert {"yolov6n", "yolov6_lite_s", "yolov7_tiny", "yolov7_e6e", "yolov9_t", "gelan_c", "yolov9_cf"} <= set(names)

@@ -8,24 +8,9 @@ import sys
 import numpy as np
 import pytest
 import torch
-from click.testing import CliRunner
-from conftest import export_tiny_onnx
+from conftest import assert_one_line_error, export_tiny_onnx, run_cli
 
-from yolodeploy.cli.main import cli
 from yolodeploy.deploy.runners import OnnxRuntimeRunner
-
-
-def run(*args: str):
-    return CliRunner().invoke(cli, list(args), catch_exceptions=False)
-
-
-def assert_one_line_error(result, *fragments: str):
-    assert result.exit_code != 0
-    lines = [line for line in result.output.splitlines() if line.strip()]
-    assert len(lines) == 1, result.output
-    assert lines[0].startswith("error: ") and "Traceback" not in result.output
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +23,7 @@ def tiny(tmp_path_factory):
 def test_build_engine_ort_end_to_end(tiny, tmp_path):
     onnx_path, net = tiny
     out = tmp_path / "tiny.ort.onnx"
-    result = run("build-engine", str(onnx_path), "-o", str(out), "--backend", "ort", "--threads", "1")
+    result = run_cli("build-engine", str(onnx_path), "-o", str(out), "--backend", "ort", "--threads", "1")
     assert result.exit_code == 0, result.output
     assert "optimized graph (level extended" in result.output
     sidecar = json.loads((tmp_path / "tiny.ort.onnx.json").read_text())
@@ -56,42 +41,42 @@ def test_build_engine_ort_end_to_end(tiny, tmp_path):
 def test_build_engine_ort_default_output_and_trt_only_options(tiny, tmp_path):
     onnx_path = tmp_path / "m.onnx"
     onnx_path.write_bytes(tiny[0].read_bytes())
-    result = run("build-engine", str(onnx_path), "--backend", "ort", "--level", "basic")
+    result = run_cli("build-engine", str(onnx_path), "--backend", "ort", "--level", "basic")
     assert result.exit_code == 0, result.output
     assert (tmp_path / "m.ort.onnx").is_file()
     assert_one_line_error(
-        run("build-engine", str(onnx_path), "--backend", "ort", "--fp16", "--bs", "1,32"), "--fp16, --bs"
+        run_cli("build-engine", str(onnx_path), "--backend", "ort", "--fp16", "--bs", "1,32"), "--fp16, --bs"
     )
 
 
 def test_build_engine_trt_without_tensorrt_is_one_line(tiny, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "tensorrt", None)  # absent here; made absent on GPU machines too
     engine = tmp_path / "m.engine"
-    result = run("build-engine", str(tiny[0]), "-o", str(engine), "--fp16", "--bs", "1,32")
+    result = run_cli("build-engine", str(tiny[0]), "-o", str(engine), "--fp16", "--bs", "1,32")
     assert_one_line_error(result, "TensorRT is not installed: pip install yolodeploy[tensorrt]")
     assert list(tmp_path.iterdir()) == []
 
 
 def test_build_engine_refusals_are_one_line(tiny, tmp_path):
     onnx_path = str(tiny[0])
-    assert_one_line_error(run("build-engine", onnx_path, "--int8"), "run `yolodeploy quantize` first")
+    assert_one_line_error(run_cli("build-engine", onnx_path, "--int8"), "run `yolodeploy quantize` first")
     assert_one_line_error(
-        run("build-engine", onnx_path, "--bs", "1,4", "--min-shape", "1x3x32x32", "--max-shape", "4x3x32x32"),
+        run_cli("build-engine", onnx_path, "--bs", "1,4", "--min-shape", "1x3x32x32", "--max-shape", "4x3x32x32"),
         "not both",
     )
-    assert_one_line_error(run("build-engine", onnx_path, "--bs", "0"), "batch sizes")
+    assert_one_line_error(run_cli("build-engine", onnx_path, "--bs", "0"), "batch sizes")
     corrupt = tmp_path / "corrupt.onnx"
     corrupt.write_bytes(b"not an onnx file")
-    assert_one_line_error(run("build-engine", str(corrupt), "-o", str(tmp_path / "c.engine")), "corrupt.onnx")
+    assert_one_line_error(run_cli("build-engine", str(corrupt), "-o", str(tmp_path / "c.engine")), "corrupt.onnx")
 
 
 def test_env_prints_backends():
-    result = run("env")
+    result = run_cli("env")
     assert result.exit_code == 0, result.output
     names = [line.split()[0] for line in result.output.splitlines()[2:]]
     assert names == ["torch", "onnxruntime", "tensorrt", "openvino"]
     assert "CPUExecutionProvider" in result.output
-    report = json.loads(run("env", "--json").output)
+    report = json.loads(run_cli("env", "--json").output)
     assert report["backends"]["onnxruntime"]["available"] is True
     assert report["backends"]["torch"]["version"] == torch.__version__
     tensorrt = report["backends"]["tensorrt"]

@@ -6,9 +6,8 @@ from __future__ import annotations
 import onnx
 import pytest
 import torch
-from click.testing import CliRunner
+from conftest import assert_one_line_error, run_cli
 
-from yolodeploy.cli.main import cli
 from yolodeploy.models import create_model, save_checkpoint
 
 IMG = "64"
@@ -23,24 +22,11 @@ def single_thread_torch():
     torch.set_num_threads(threads)
 
 
-def run(*args: str):
-    return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
-
-
-def assert_one_line_error(result, *fragments: str):
-    assert result.exit_code == 1, result.output
-    lines = [line for line in result.output.splitlines() if line.strip()]
-    assert len(lines) == 1, result.output
-    assert lines[0].startswith("error: ") and "Traceback" not in result.output
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
-
-
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
     """A dynamic-batch ONNX with the ORT NMS tail, exported through the CLI from a registry name."""
     path = tmp_path_factory.mktemp("cli") / "v6n.onnx"
-    result = run("export", "yolov6n", "-o", path, "--img", IMG, "--dynamic-batch", "--nms", "ort", "--topk", "20")
+    result = run_cli("export", "yolov6n", "-o", path, "--img", IMG, "--dynamic-batch", "--nms", "ort", "--topk", "20")
     assert result.exit_code == 0, result.output
     return path, result.output
 
@@ -58,7 +44,7 @@ def test_export_checkpoint_half_trt_no_check(tmp_path):
     torch.manual_seed(0)
     ckpt = save_checkpoint(create_model("yolov6n", num_classes=3), tmp_path / "n.safetensors")
     out = tmp_path / "n.onnx"
-    result = run("export", ckpt, "-o", out, "--img", IMG, "--half", "--nms", "trt", "--no-check", "--opset", "18")
+    result = run_cli("export", ckpt, "-o", out, "--img", IMG, "--half", "--nms", "trt", "--no-check", "--opset", "18")
     assert result.exit_code == 0, result.output
     assert "parity         not checked" in result.output and "fp16, nms trt" in result.output
     model = onnx.load(str(out))
@@ -68,7 +54,7 @@ def test_export_checkpoint_half_trt_no_check(tmp_path):
 
 def test_export_triton(exported, tmp_path):
     path, _ = exported
-    result = run("export-triton", path, "-o", tmp_path / "repo", "--max-batch", "8", "--preferred-batch", "4,8")
+    result = run_cli("export-triton", path, "-o", tmp_path / "repo", "--max-batch", "8", "--preferred-batch", "4,8")
     assert result.exit_code == 0, result.output
     config = (tmp_path / "repo" / "v6n" / "config.pbtxt").read_text()
     assert 'name: "v6n"' in config and "preferred_batch_size: [ 4, 8 ]" in config and "max_batch_size: 8" in config
@@ -89,27 +75,27 @@ def test_export_triton(exported, tmp_path):
 )
 def test_export_bad_inputs(tmp_path, args, fragments):
     out = tmp_path / "out.onnx"
-    assert_one_line_error(run("export", *args, "-o", out), *fragments)
+    assert_one_line_error(run_cli("export", *args, "-o", out), *fragments)
     assert list(tmp_path.iterdir()) == []
 
 
 def test_export_corrupt_checkpoint(tmp_path):
     ckpt = tmp_path / "bad.pt"
     ckpt.write_bytes(b"not a checkpoint at all")
-    assert_one_line_error(run("export", ckpt, "-o", tmp_path / "o.onnx"), "bad.pt")
+    assert_one_line_error(run_cli("export", ckpt, "-o", tmp_path / "o.onnx"), "bad.pt")
     assert not (tmp_path / "o.onnx").exists()
 
 
 def test_export_triton_bad_inputs(tmp_path):
     corrupt = tmp_path / "corrupt.onnx"
     corrupt.write_bytes(b"\x08garbage")
-    assert_one_line_error(run("export-triton", corrupt, "-o", tmp_path / "repo"), "not a valid ONNX model")
-    assert_one_line_error(run("export-triton", tmp_path / "missing.onnx", "-o", tmp_path / "repo"), "no such file")
+    assert_one_line_error(run_cli("export-triton", corrupt, "-o", tmp_path / "repo"), "not a valid ONNX model")
+    assert_one_line_error(run_cli("export-triton", tmp_path / "missing.onnx", "-o", tmp_path / "repo"), "no such file")
     engine = tmp_path / "m.engine"
     engine.write_bytes(b"plan")
-    assert_one_line_error(run("export-triton", engine, "-o", tmp_path / "repo"), "no sidecar m.engine.json")
+    assert_one_line_error(run_cli("export-triton", engine, "-o", tmp_path / "repo"), "no sidecar m.engine.json")
     assert_one_line_error(
-        run("export-triton", engine, "-o", tmp_path / "repo", "--preferred-batch", "a,b"), "--preferred-batch 'a,b'"
+        run_cli("export-triton", engine, "-o", tmp_path / "repo", "--preferred-batch", "a,b"), "--preferred-batch 'a,b'"
     )
     assert not (tmp_path / "repo").exists()
 
@@ -123,5 +109,5 @@ def test_export_triton_non_image_onnx(tmp_path):
     )
     path = tmp_path / "vec.onnx"
     onnx.save(onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)]), str(path))
-    assert_one_line_error(run("export-triton", path, "-o", tmp_path / "repo"), "not an image tensor")
+    assert_one_line_error(run_cli("export-triton", path, "-o", tmp_path / "repo"), "not an image tensor")
     assert not (tmp_path / "repo").exists()
