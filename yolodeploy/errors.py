@@ -23,6 +23,8 @@ __all__ = [
     "EngineMismatchError",
     "ImageError",
     "BenchmarkResultError",
+    "EvaluationError",
+    "DatasetError",
 ]
 
 
@@ -89,3 +91,11 @@ class ExportError(YoloDeployError):
 
 class OnnxModelError(YoloDeployError, ValueError):
     """An ONNX file that is missing, corrupt, invalid, or whose I/O does not fit (e.g. input not an image)."""
+
+
+class EvaluationError(YoloDeployError, ValueError):
+    """COCO ground truth or detections that cannot be evaluated (unreadable JSON, unknown image/category ids)."""
+
+
+class DatasetError(YoloDeployError, ValueError):
+    """A dataset folder or annotation file that cannot be used (no images, unreadable JSON, bad split fractions)."""
