@@ -33,9 +33,9 @@ def cli() -> None:
 
 
 def _register_commands() -> None:
-    from . import benchmark, convert, data, demo, engine, env, export, zoo
+    from . import benchmark, convert, data, demo, engine, env, evaluate, export, zoo
 
-    for module in (zoo, convert, demo, benchmark, engine, env, export, data):
+    for module in (zoo, convert, demo, benchmark, engine, env, export, data, evaluate):
         for command in module.COMMANDS:
             cli.add_command(command)
 
