@@ -109,3 +109,16 @@ def assert_one_line_error(result, *fragments: str) -> None:
     assert lines[0].startswith("error: ") and "Traceback" not in result.output
     for fragment in fragments:
         assert fragment in lines[0], lines[0]
+
+
+@pytest.fixture(scope="module")
+def single_thread_torch():
+    """Tiny inputs gain nothing from 2 threads, and on a shared 2-core machine OpenMP barriers then stall each
+    conv for ~50 ms (a 128x128 forward: 9 s with 2 threads under load, 0.05 s with 1).
+
+    Use with ``pytestmark = pytest.mark.usefixtures("single_thread_torch")``.
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

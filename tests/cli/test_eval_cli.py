@@ -14,12 +14,7 @@ from yolodeploy.models import create_model, save_checkpoint
 IMG = 128
 
 
-@pytest.fixture(scope="module", autouse=True)
-def single_thread_torch():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread_torch")
 
 
 @pytest.fixture(scope="module")

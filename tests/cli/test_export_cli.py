@@ -13,13 +13,7 @@ from yolodeploy.models import create_model, save_checkpoint
 IMG = "64"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def single_thread_torch():
-    """Tiny inputs gain nothing from 2 threads, and OpenMP barriers stall on a shared 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread_torch")
 
 
 @pytest.fixture(scope="module")

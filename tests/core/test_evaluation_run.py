@@ -21,12 +21,7 @@ IMG = 128
 METRIC_FIELDS = ("ap", "ap50", "ap75", "ap_small", "ap_medium", "ap_large")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def single_thread_torch():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread_torch")
 
 
 @pytest.fixture(scope="module")

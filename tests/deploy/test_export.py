@@ -24,14 +24,7 @@ IMG = 128  # a multiple of every stride, including yolov6_lite_s's 64
 SMALL = 64  # for tests about the pipeline, not the family
 
 
-@pytest.fixture(scope="module", autouse=True)
-def single_thread_torch():
-    """Tiny inputs gain nothing from 2 threads, and on a shared 2-core machine OpenMP barriers then stall each
-    conv for ~50 ms (a 128x128 forward: 9 s with 2 threads under load, 0.05 s with 1)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread_torch")
 
 
 def make_model(name: str) -> torch.nn.Module:
