@@ -19,6 +19,7 @@ __all__ = [
     "identity_kernel",
     "avgpool_kernel",
     "fused_conv",
+    "identity_bn_kernel_bias",
     "fold_implicit",
 ]
 
@@ -63,6 +64,12 @@ def identity_kernel(channels: int, groups: int, size: int, *, dtype=None, device
     idx = torch.arange(channels, device=device)
     kernel[idx, idx % in_per_group, size // 2, size // 2] = 1.0
     return kernel
+
+
+def identity_bn_kernel_bias(bn: nn.BatchNorm2d, groups: int, size: int, like: Tensor) -> tuple[Tensor, Tensor]:
+    """Kernel and bias of an identity branch followed by BatchNorm ``bn`` (dtype/device taken from ``like``)."""
+    kernel = identity_kernel(bn.num_features, groups, size, dtype=like.dtype, device=like.device)
+    return fold_bn(kernel, None, bn)
 
 
 def avgpool_kernel(channels: int, groups: int, size: int, *, dtype=None, device=None) -> Tensor:

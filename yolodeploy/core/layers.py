@@ -16,7 +16,14 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
-from .fuse import avgpool_kernel, conv_bn_kernel_bias, fold_bn, fused_conv, identity_kernel, pad_kernel
+from .fuse import (
+    avgpool_kernel,
+    conv_bn_kernel_bias,
+    fused_conv,
+    identity_bn_kernel_bias,
+    identity_kernel,
+    pad_kernel,
+)
 
 __all__ = [
     "batch_norm",
@@ -160,12 +167,6 @@ class ConvBN(ConvBNAct):
     activation = None
 
 
-def _identity_bn_kernel_bias(bn: nn.BatchNorm2d, groups: int, size: int, like: Tensor) -> tuple[Tensor, Tensor]:
-    """Kernel and bias of an identity branch followed by BatchNorm ``bn``."""
-    kernel = identity_kernel(bn.num_features, groups, size, dtype=like.dtype, device=like.device)
-    return fold_bn(kernel, None, bn)
-
-
 class _Rep3x3Block(nn.Module):
     """What RepVGG-style 3x3 blocks share: argument checks, the activation, and the fused-state test."""
 
@@ -245,7 +246,7 @@ class RepVGGBlock(_Rep3x3Block):
         kernel_1x1, bias_1x1 = conv_bn_kernel_bias(self.rbr_1x1.conv, self.rbr_1x1.bn)
         kernel, bias = kernel + pad_kernel(kernel_1x1, kernel.shape[-1]), bias + bias_1x1
         if self.rbr_identity is not None:
-            kernel_id, bias_id = _identity_bn_kernel_bias(self.rbr_identity, self.groups, kernel.shape[-1], kernel)
+            kernel_id, bias_id = identity_bn_kernel_bias(self.rbr_identity, self.groups, kernel.shape[-1], kernel)
             kernel, bias = kernel + kernel_id, bias + bias_id
         return kernel, bias
 

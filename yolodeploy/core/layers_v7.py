@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from .boxes import make_anchor_points
-from .fuse import conv_bn_kernel_bias, fold_bn, fused_conv, identity_kernel, pad_kernel
+from .fuse import conv_bn_kernel_bias, fused_conv, identity_bn_kernel_bias, pad_kernel
 from .layers import ConvModule, batch_norm, make_activation
 
 __all__ = [
@@ -147,10 +147,7 @@ class RepConv(nn.Module):
         kernel_1x1, bias_1x1 = conv_bn_kernel_bias(self.rbr_1x1[0], self.rbr_1x1[1])
         kernel, bias = kernel + pad_kernel(kernel_1x1, kernel.shape[-1]), bias + bias_1x1
         if self.rbr_identity is not None:
-            identity = identity_kernel(
-                self.in_channels, self.groups, kernel.shape[-1], dtype=kernel.dtype, device=kernel.device
-            )
-            kernel_id, bias_id = fold_bn(identity, None, self.rbr_identity)
+            kernel_id, bias_id = identity_bn_kernel_bias(self.rbr_identity, self.groups, kernel.shape[-1], kernel)
             kernel, bias = kernel + kernel_id, bias + bias_id
         return kernel, bias
 
