@@ -1,0 +1,1 @@
+"""Training: losses per model family, the trainer, self-distillation, RepOptimizer, EMA and schedules."""
