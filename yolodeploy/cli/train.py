@@ -26,6 +26,7 @@ def _json_option(value: str | None, name: str) -> dict:
 @click.command("train")
 @click.option("--model", help="Zoo model name, e.g. yolov6n (not needed with --resume).")
 @click.option("--data", type=click.Path(), help="Dataset root: images/<split>/, annotations/instances_<split>.json.")
+@click.option("--head", type=click.Choice(["default", "fuse_ab", "distill_ns"]), help="YOLOv6 training head variant.")
 @click.option("--epochs", default=100, show_default=True)
 @click.option("--img", "img_size", default=640, show_default=True, help="Square training/eval size.")
 @click.option("--batch", "batch_size", default=16, show_default=True, help="Images per step and process.")
@@ -81,10 +82,13 @@ def _build_config(options: dict, config_class, resume_config):
         loss["iou_kind"] = options["iou_loss"]
     if options["atss_warmup_epochs"] is not None:
         loss["warmup_epochs"] = options["atss_warmup_epochs"]
-    optim = OptimConfig(lr0=options["lr0"], lrf=options["lrf"], warmup_epochs=options["warmup_epochs"],
-                        min_warmup_steps=options["min_warmup_steps"], nominal_batch=options["nominal_batch"])  # fmt: skip
+    optim = OptimConfig(
+        lr0=options["lr0"], lrf=options["lrf"], warmup_epochs=options["warmup_epochs"],
+        min_warmup_steps=options["min_warmup_steps"], nominal_batch=options["nominal_batch"],
+    )  # fmt: skip
     return config_class(
-        model=options["model"], data=options["data"], epochs=options["epochs"], img_size=options["img_size"],
+        model=options["model"], data=options["data"], head=options["head"], epochs=options["epochs"],
+        img_size=options["img_size"],
         batch_size=options["batch_size"], device=options["device"], workers=options["workers"],
         output=options["output"], seed=options["seed"], optim=optim,
         augment=_json_option(options["augment_json"], "--augment"), close_mosaic=options["close_mosaic"],

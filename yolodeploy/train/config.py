@@ -18,6 +18,7 @@ class TrainConfig:
 
     ``data`` is a COCO-format dataset root (``images/<split>`` + ``annotations/instances_<split>.json``); training
     reads ``train_split`` and evaluates ``val_split`` after every ``eval_interval`` epochs (skipped when absent).
+    ``head`` selects a YOLOv6 training head variant (``fuse_ab``, ``distill_ns``; default: the model's own).
     ``augment`` holds :class:`~yolodeploy.core.data.augment.AugmentConfig` fields (missing ones take defaults);
     mosaic is switched off for the last ``close_mosaic`` epochs. ``stop_after`` ends this invocation after that
     many epochs with a resumable state (training in chunks; ``--resume`` continues).
@@ -25,6 +26,7 @@ class TrainConfig:
 
     model: str
     data: str
+    head: str | None = None
     epochs: int = 100
     img_size: int = 640
     batch_size: int = 16

@@ -107,7 +107,8 @@ class Trainer:
             if getattr(model, "form", "train") != "train":
                 raise ConfigError(f"--weights {self.config.weights} is a deploy-form checkpoint; give a training one")
         else:
-            model = create_model(self.config.model, num_classes=num_classes)
+            overrides = {"head": self.config.head} if self.config.head else {}
+            model = create_model(self.config.model, num_classes=num_classes, **overrides)
         model.class_names = list(class_names)
         return model.to(self.device).train()
 
@@ -196,6 +197,7 @@ class Trainer:
             run_epochs += 1
             if cfg.stop_after and run_epochs >= cfg.stop_after and epoch + 1 < cfg.epochs:
                 break
+        self.model = unwrap(model)
         return progress.result(finished=progress.next_epoch >= cfg.epochs)
 
     def _train_epoch(self, model, objective, optimizer, ema, scaler, amp, dataset, epoch, steps_per_epoch,
@@ -222,13 +224,9 @@ class Trainer:
                     loss = loss + distill_loss
                     parts.update({f"kd_{k}": v for k, v in distill_parts.items()})
             scaler.scale(loss).backward()
-            if step + 1 - progress.last_optimizer_step >= accumulate:
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm=10.0)
-                scaler.step(optimizer)
-                scaler.update()
-                optimizer.zero_grad(set_to_none=True)
-                ema.update(model)
+            last_of_epoch = index + 1 == steps_per_epoch  # no gradient is carried over an epoch end (exact resume)
+            if step + 1 - progress.last_optimizer_step >= accumulate or last_of_epoch:
+                _optimizer_step(model, optimizer, scaler, ema)
                 progress.last_optimizer_step = step + 1
             for name, value in {"loss": loss.detach(), **parts}.items():
                 sums[name] = sums.get(name, 0.0) + float(value)
@@ -304,6 +302,15 @@ class _Progress:
 
     def result(self, finished: bool) -> TrainResult:
         return TrainResult(self.output, self.history, self.best_ap, self.next_epoch, finished, self.elapsed())
+
+
+def _optimizer_step(model: nn.Module, optimizer, scaler, ema: ModelEMA) -> None:
+    scaler.unscale_(optimizer)
+    torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm=10.0)
+    scaler.step(optimizer)
+    scaler.update()
+    optimizer.zero_grad(set_to_none=True)
+    ema.update(model)
 
 
 def _progress_bar(loader, enabled: bool, description: str):
