@@ -1,0 +1,408 @@
+"""Graph passes on explicit Q/DQ ONNX models (the form `torch.fake_quantize_*` exports).
+
+Every pass is a pure function ``ModelProto -> ModelProto``: the input is never mutated, the opset is kept, and
+the result passes ``onnx.checker.check_model``. Scales and zero points may be initializers or ``Constant`` nodes;
+a changed scale is written as a new initializer (the orphaned ``Constant`` node is dropped).
+
+* :func:`tie_scales` makes Concat / MaxPool / Resize / residual-Add neighbourhoods share one activation scale,
+  so TensorRT can fuse them without re-quantizing (see the rules table in :mod:`yolodeploy.deploy.qdq_check`).
+* :func:`eliminate_redundant_qdq` collapses re-quantization chains and drops Q/DQ on tensors that only feed float
+  ops (the set :data:`INT8_CONSUMER_OPS` is what counts as an int8 consumer).
+* :func:`to_uint8_activations` rewrites symmetric int8 activations to uint8 with zero point 128 (lossless), the
+  flavour ONNX Runtime's fast x86 kernels want.
+
+Terms: an *activation Q* is a QuantizeLinear whose data input is not a constant; a *pair* is one Q and all the
+DequantizeLinear nodes that consume it; a tensor is *quantized* when its producer is a DQ fed by an activation Q.
+
+Example:
+    >>> model = onnx.load("yolov6n_qdq.onnx")
+    >>> trt_model = eliminate_redundant_qdq(tie_scales(model))
+    >>> ort_model = to_uint8_activations(trt_model)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+
+__all__ = [
+    "INT8_CONSUMER_OPS",
+    "PASS_THROUGH_OPS",
+    "TiedGroup",
+    "TieScalesReport",
+    "tie_scales",
+    "tie_scales_report",
+    "eliminate_redundant_qdq",
+    "to_uint8_activations",
+]
+
+#: Ops that can consume an int8 tensor in TensorRT / ONNX Runtime (a DQ in front of them fuses into an int8
+#: kernel). A Q/DQ pair whose DQs feed none of these (e.g. Sigmoid, Softmax, Reshape->Softmax in the DFL, NMS,
+#: a graph output) only adds rounding error and a conversion, so the elimination pass removes it.
+INT8_CONSUMER_OPS = frozenset(
+    {
+        "Conv",
+        "ConvTranspose",
+        "MatMul",
+        "Gemm",
+        "Add",
+        "Concat",
+        "MaxPool",
+        "Resize",
+        "Upsample",
+        "AveragePool",
+        "GlobalAveragePool",
+    }
+)
+#: Ops whose output values are a subset of (or interpolate between) their input values: the Q after them can take
+#: the input's scale unchanged, so no re-quantization is needed.
+PASS_THROUGH_OPS = frozenset({"MaxPool", "Resize", "Upsample"})
+
+
+# ----------------------------------------------------------------------------------------------- graph helpers
+def _import(model: onnx.ModelProto) -> gs.Graph:
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    return gs.import_onnx(copy)
+
+
+def _export(graph: gs.Graph, like: onnx.ModelProto) -> onnx.ModelProto:
+    graph.cleanup()
+    out = gs.export_onnx(graph, do_type_check=False)
+    del out.opset_import[:]
+    out.opset_import.extend(like.opset_import)
+    out.ir_version = like.ir_version
+    out.producer_name, out.producer_version = like.producer_name, like.producer_version
+    out.metadata_props.extend(like.metadata_props)
+    onnx.checker.check_model(out)
+    return out
+
+
+def const_value(tensor: gs.Tensor | None) -> np.ndarray | None:
+    """The value of an initializer or of a ``Constant`` node's output (also behind Identity), else None."""
+    if tensor is None:
+        return None
+    if isinstance(tensor, gs.Constant):
+        return np.asarray(tensor.values)
+    producer = tensor.inputs[0] if tensor.inputs else None
+    if producer is not None and producer.op == "Identity":  # the TorchScript exporter shares constants this way
+        return const_value(producer.inputs[0])
+    if producer is None or producer.op != "Constant":
+        return None
+    for key, value in producer.attrs.items():
+        if key == "value":
+            return np.asarray(value.values)
+        if key in ("value_float", "value_floats"):
+            return np.asarray(value, dtype=np.float32)
+        if key in ("value_int", "value_ints"):
+            return np.asarray(value, dtype=np.int64)
+    return None
+
+
+def is_activation_q(node: gs.Node) -> bool:
+    """True for a QuantizeLinear whose data input is not a constant."""
+    return node.op == "QuantizeLinear" and const_value(node.inputs[0]) is None
+
+
+def dq_consumers(q: gs.Node) -> list[gs.Node]:
+    """The DequantizeLinear nodes fed by ``q`` (other consumers are ignored)."""
+    return [node for node in q.outputs[0].outputs if node.op == "DequantizeLinear"]
+
+
+def input_q(tensor: gs.Tensor) -> gs.Node | None:
+    """The activation Q behind ``tensor`` when it is the output of DQ(Q(x)), else None."""
+    dq = tensor.inputs[0] if tensor.inputs else None
+    if dq is None or dq.op != "DequantizeLinear":
+        return None
+    q = dq.inputs[0].inputs[0] if dq.inputs[0].inputs else None
+    return q if q is not None and is_activation_q(q) else None
+
+
+def output_qs(tensor: gs.Tensor) -> list[gs.Node]:
+    """The activation Qs that consume ``tensor`` directly."""
+    return [node for node in tensor.outputs if node.op == "QuantizeLinear"]
+
+
+def scale_of(node: gs.Node) -> np.ndarray | None:
+    """The constant scale of a Q/DQ node (None when computed at run time)."""
+    return const_value(node.inputs[1])
+
+
+def zero_point_of(node: gs.Node) -> np.ndarray | None:
+    """The constant zero point of a Q/DQ node (None when absent or computed)."""
+    return const_value(node.inputs[2]) if len(node.inputs) > 2 else None
+
+
+def node_label(node: gs.Node) -> str:
+    """The node's name, or ``<Op -> first output>`` for unnamed nodes."""
+    return node.name or f"<{node.op} -> {node.outputs[0].name if node.outputs else '?'}>"
+
+
+def same_values(a: np.ndarray | None, b: np.ndarray | None) -> bool:
+    """Equal dtype and values, treating shapes ``()`` and ``(1,)`` alike (both mean per-tensor)."""
+    if a is None or b is None:
+        return a is None and b is None
+    return a.dtype == b.dtype and a.size == b.size and np.array_equal(a.reshape(-1), b.reshape(-1))
+
+
+def _new_constant(graph: gs.Graph, hint: str, values: np.ndarray) -> gs.Constant:
+    names = set(graph.tensors())
+    name, index = hint, 0
+    while name in names:
+        index += 1
+        name = f"{hint}_{index}"
+    return gs.Constant(name, np.array(values, copy=True))  # keeps 0-d (ascontiguousarray would not)
+
+
+def _replace_input(node: gs.Node, old: gs.Tensor, new: gs.Tensor) -> None:
+    for index, tensor in enumerate(node.inputs):
+        if tensor is old:
+            node.inputs[index] = new
+
+
+def _is_per_tensor(q: gs.Node) -> bool:
+    scale = scale_of(q)
+    return scale is not None and scale.size == 1
+
+
+# ------------------------------------------------------------------------------------------------- tie_scales
+@dataclass(frozen=True)
+class TiedGroup:
+    """One set of activation Q/DQ pairs that now share a scale."""
+
+    quantize_nodes: tuple[str, ...]
+    scale: float
+    changed: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class TieScalesReport:
+    """What :func:`tie_scales` did: the groups it tied (also the already-consistent ones)."""
+
+    groups: tuple[TiedGroup, ...]
+
+    @property
+    def num_groups(self) -> int:
+        return len(self.groups)
+
+    @property
+    def num_changed(self) -> int:
+        """Number of Q/DQ pairs whose scale changed."""
+        return sum(len(group.changed) for group in self.groups)
+
+
+class _Groups:
+    """Union-find over Q nodes (gs nodes are unhashable: keyed by id)."""
+
+    def __init__(self) -> None:
+        self.parent: dict[int, int] = {}
+        self.nodes: dict[int, gs.Node] = {}
+        self.followers: set[int] = set()
+
+    def _find(self, key: int) -> int:
+        while self.parent[key] != key:
+            self.parent[key] = self.parent[self.parent[key]]
+            key = self.parent[key]
+        return key
+
+    def union(self, nodes: list[gs.Node]) -> None:
+        nodes = [node for node in nodes if _is_per_tensor(node)]
+        for node in nodes:
+            self.nodes.setdefault(id(node), node)
+            self.parent.setdefault(id(node), id(node))
+        for node in nodes[1:]:
+            self.parent[self._find(id(node))] = self._find(id(nodes[0]))
+
+    def groups(self) -> list[list[gs.Node]]:
+        out: dict[int, list[gs.Node]] = {}
+        for key, node in self.nodes.items():
+            out.setdefault(self._find(key), []).append(node)
+        return [group for group in out.values() if len(group) > 1]
+
+
+def _collect_groups(graph: gs.Graph) -> _Groups:
+    groups = _Groups()
+    for node in graph.nodes:
+        if node.op == "Concat":
+            inputs = [input_q(tensor) for tensor in node.inputs]
+            groups.union([q for q in inputs if q is not None] + output_qs(node.outputs[0]))
+        elif node.op in PASS_THROUGH_OPS:
+            source = input_q(node.inputs[0])
+            if source is not None and _is_per_tensor(source):
+                for q in output_qs(node.outputs[0]):
+                    groups.union([source, q])
+                    groups.followers.add(id(q))
+        elif node.op == "Add":
+            inputs = [input_q(tensor) for tensor in node.inputs]
+            if len(inputs) == 2 and all(q is not None for q in inputs) and inputs[0] is not inputs[1]:
+                groups.union(inputs)
+    return groups
+
+
+def _group_scale(group: list[gs.Node], followers: set[int]) -> np.ndarray | None:
+    zero_points = [zero_point_of(q) for q in group]
+    first = zero_points[0]
+    for zp in zero_points[1:]:  # mixed zero points / types cannot share a scale: leave the group alone
+        if (zp is None) != (first is None) or (
+            zp is not None and (zp.dtype != first.dtype or zp.item() != first.item())
+        ):
+            return None
+    sources = [q for q in group if id(q) not in followers] or group
+    return max((scale_of(q) for q in sources), key=lambda scale: float(scale.reshape(-1)[0]))
+
+
+def tie_scales_report(model: onnx.ModelProto) -> tuple[onnx.ModelProto, TieScalesReport]:
+    """Tie activation scales across Concat, MaxPool/Resize and residual Add; also report what was tied.
+
+    Rules (found from the graph, no layer names):
+    * Concat: the Q/DQ pairs of its quantized inputs and the Qs on its output share one scale, the max of them
+      (the max never clips a value that one of the original scales represented; the min would).
+    * MaxPool / Resize / Upsample: the Q after the op takes its input's scale (pass-through: a max-pool or
+      nearest resize of quantized values is already on the input's grid). Not applied when the input is float.
+    * Add with two quantized inputs: both pairs get the max of their scales.
+    Groups overlap (an SPPF chains MaxPools into a Concat), so they are merged; a merged group takes the max over
+    its members that are not pass-through outputs.
+
+    Returns:
+        The new model and a :class:`TieScalesReport`.
+    """
+    graph = _import(model)
+    groups = _collect_groups(graph)
+    tied = []
+    for group in groups.groups():
+        scale = _group_scale(group, groups.followers)
+        if scale is None:
+            continue
+        changed = [q for q in group if not same_values(scale_of(q), scale)]
+        if changed:
+            constant = _new_constant(graph, f"{group[0].outputs[0].name}_tied_scale", scale)
+            for q in changed:
+                for node in [q, *dq_consumers(q)]:
+                    node.inputs[1] = constant
+        labels = tuple(node_label(q) for q in group)
+        tied.append(TiedGroup(labels, float(scale.reshape(-1)[0]), tuple(node_label(q) for q in changed)))
+    return _export(graph, model), TieScalesReport(tuple(tied))
+
+
+def tie_scales(model: onnx.ModelProto) -> onnx.ModelProto:
+    """:func:`tie_scales_report` without the report.
+
+    Example:
+        >>> tied = tie_scales(onnx.load("model_qdq.onnx"))
+    """
+    return tie_scales_report(model)[0]
+
+
+# ------------------------------------------------------------------------------------ eliminate_redundant_qdq
+def _same_quantization(a: gs.Node, b: gs.Node) -> bool:
+    same_qparams = same_values(scale_of(a), scale_of(b)) and same_values(zero_point_of(a), zero_point_of(b))
+    return same_qparams and scale_of(a) is not None and a.attrs.get("axis", 1) == b.attrs.get("axis", 1)
+
+
+def _collapse_requantization(graph: gs.Graph) -> bool:
+    """Q1 -> DQ1 -> Q2 -> DQ2 with equal qparams: Q2's consumers read Q1 (DQ1 goes when unused)."""
+    graph_outputs = {id(tensor) for tensor in graph.outputs}
+    for q2 in graph.nodes:
+        if not is_activation_q(q2) or id(q2.outputs[0]) in graph_outputs:
+            continue
+        q1 = input_q(q2.inputs[0])
+        if q1 is None or not _same_quantization(q1, q2) or not _same_quantization(q1, q2.inputs[0].inputs[0]):
+            continue
+        for consumer in list(q2.outputs[0].outputs):
+            _replace_input(consumer, q2.outputs[0], q1.outputs[0])
+        q2.inputs.clear()
+        q2.outputs.clear()
+        return True
+    return False
+
+
+def _feeds_only_float(graph: gs.Graph, q: gs.Node) -> bool:
+    consumers = list(q.outputs[0].outputs)
+    if not consumers or any(node.op != "DequantizeLinear" for node in consumers):
+        return False
+    if any(tensor is q.outputs[0] for tensor in graph.outputs):
+        return False
+    uses = [node for dq in consumers for node in dq.outputs[0].outputs]
+    return all(node.op not in INT8_CONSUMER_OPS and node.op != "QuantizeLinear" for node in uses)
+
+
+def _bypass_pair(graph: gs.Graph, q: gs.Node) -> bool:
+    """Remove ``q`` and its DQs; the float tensor flows straight to their consumers. False when impossible."""
+    source, dqs = q.inputs[0], list(q.outputs[0].outputs)
+    outputs = [dq.outputs[0] for dq in dqs]
+    graph_ids = {id(tensor) for tensor in graph.outputs}
+    named = [tensor for tensor in outputs if id(tensor) in graph_ids]
+    if named and (len(named) > 1 or not source.inputs or id(source) in graph_ids):
+        return False  # a graph-output name cannot be kept: leave the pair
+    keep = named[0] if named else source
+    for dq in dqs:
+        dq.inputs.clear()
+        dq.outputs.clear()
+    q.inputs.clear()
+    q.outputs.clear()
+    if keep is not source:  # the source's producer now writes the graph output directly
+        for consumer in list(source.outputs):
+            _replace_input(consumer, source, keep)
+        producer = source.inputs[0]
+        producer.outputs[producer.outputs.index(source)] = keep
+    for tensor in outputs:
+        if tensor is not keep:
+            for consumer in list(tensor.outputs):
+                _replace_input(consumer, tensor, keep)
+    return True
+
+
+def eliminate_redundant_qdq(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Remove Q/DQ nodes that cannot speed anything up.
+
+    * Consecutive re-quantization with the same scale/zero point/axis, Q -> DQ -> Q -> DQ, becomes one Q -> DQ
+      (exact: ``Q(DQ(q)) == q`` when the parameters match).
+    * An activation Q/DQ pair whose DQs feed no op of :data:`INT8_CONSUMER_OPS` (only float ops such as Sigmoid,
+      Softmax, Reshape, NMS, or graph outputs) is removed and the tensor flows in float. The pair is kept when
+      removing it would rename a graph output, and when a DQ feeds another Q (a re-quantization to a different
+      scale is left to :func:`tie_scales`: removing the first pair would change the numbers).
+
+    Example:
+        >>> lean = eliminate_redundant_qdq(onnx.load("model_qdq.onnx"))
+    """
+    graph = _import(model)
+    while _collapse_requantization(graph):
+        graph.cleanup()
+    for q in [node for node in graph.nodes if is_activation_q(node)]:
+        if q.outputs and _feeds_only_float(graph, q):
+            _bypass_pair(graph, q)
+    return _export(graph, model)
+
+
+# ------------------------------------------------------------------------------------------ to_uint8_activations
+def _is_int8_zero(zero_point: np.ndarray | None) -> bool:
+    return zero_point is not None and zero_point.dtype == np.int8 and not zero_point.any()
+
+
+def to_uint8_activations(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Rewrite every activation pair with int8 zero point 0 to uint8 with zero point 128, same scale.
+
+    Lossless: ``clamp(round(x / s), -128, 127) + 128 == clamp(round(x / s) + 128, 0, 255)`` and the DQ subtracts
+    the 128 again, so DQ outputs are bit-identical. Weight Q/DQ (constant input) stays int8 symmetric.
+
+    Example:
+        >>> ort_model = to_uint8_activations(onnx.load("model_qdq.onnx"))
+    """
+    graph = _import(model)
+    graph_ids = {id(tensor) for tensor in graph.outputs}
+    for q in [node for node in graph.nodes if is_activation_q(node)]:
+        dqs = list(q.outputs[0].outputs)
+        pair = [q, *dqs]
+        if id(q.outputs[0]) in graph_ids or any(node.op != "DequantizeLinear" for node in dqs):
+            continue
+        if not all(_is_int8_zero(zero_point_of(node)) for node in pair):
+            continue
+        shifted = np.full(zero_point_of(q).shape, 128, dtype=np.uint8)
+        constant = _new_constant(graph, f"{q.outputs[0].name}_zero_point_u8", shifted)
+        for node in pair:
+            node.inputs[2] = constant
+        q.outputs[0].dtype = np.uint8
+    return _export(graph, model)

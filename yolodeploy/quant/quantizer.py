@@ -1,0 +1,228 @@
+"""Fake-quantization modules: ``TensorQuantizer`` and ``QuantConv2d``.
+
+Layer three of ``primitives -> calibrators -> quantizer`` (YOLOv6 paper §2.5, issue 6). A ``TensorQuantizer``
+holds its clipping range in an ``amax`` buffer (in the state_dict, so checkpoints carry it) and is in one of
+three states, switched outside ``forward``:
+
+* disabled (the default): ``forward`` is the identity;
+* calibrating: ``forward`` records statistics (a ``Histogram`` per tensor, a running max per channel) and
+  returns its input unchanged; ``stop_calibration`` turns them into ``amax``;
+* enabled: ``forward`` is one fake-quant op (``torch.fake_quantize_per_{tensor,channel}_affine``), which exports
+  to ONNX as QuantizeLinear/DequantizeLinear. There is no data-dependent branch.
+
+An uncalibrated quantizer has an empty ``amax`` (shape ``(0,)``); a calibrated one has shape ``()`` per tensor
+or ``(C,)`` per channel. Loading a state_dict resizes ``amax`` to the stored shape.
+
+``QuantConv2d`` keeps the original ``nn.Conv2d`` as its child ``conv`` (so its float parameters are
+``conv.weight``/``conv.bias``, and ``to_conv()`` gives it back unchanged) and adds the children
+``input_quantizer`` (per tensor) and ``weight_quantizer`` (per output channel, axis 0). A wrapper rather than a
+``Conv2d`` subclass, so passes that look for ``nn.Conv2d`` (BN folding, reparameterization) never mistake it for
+a plain conv and drop its quantizers.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ..errors import ConfigError
+from .calibrators import CalibMethod, Histogram, compute_amax, per_channel_amax
+from .primitives import MIN_SCALE, fake_quantize_scaled, qrange
+
+__all__ = ["QuantState", "TensorQuantizer", "QuantConv2d"]
+
+
+class QuantState(str, Enum):
+    """What ``TensorQuantizer.forward`` does."""
+
+    DISABLED = "disabled"
+    CALIBRATING = "calibrating"
+    ENABLED = "enabled"
+
+
+class TensorQuantizer(nn.Module):
+    """Symmetric int8 fake quantization of one tensor, per tensor (``axis=None``) or per channel along ``axis``.
+
+    Example:
+        >>> quantizer = TensorQuantizer()
+        >>> quantizer.start_calibration()
+        >>> for batch in batches:
+        ...     quantizer(batch)
+        >>> quantizer.stop_calibration("entropy")  # sets amax and enables
+        >>> y = quantizer(x)  # fake-quantized
+    """
+
+    amax: Tensor
+
+    def __init__(self, axis: int | None = None, num_bits: int = 8, num_bins: int = 2048) -> None:
+        super().__init__()
+        self._quant_max = qrange(num_bits)[1]
+        self.axis = axis
+        self.num_bits = num_bits
+        self.num_bins = num_bins
+        self.state = QuantState.DISABLED
+        self.register_buffer("amax", torch.empty(0))
+        self._histogram: Histogram | None = None
+        self._running_max: Tensor | None = None
+
+    @property
+    def is_calibrated(self) -> bool:
+        """Whether ``amax`` has been set."""
+        return self.amax.numel() > 0
+
+    def enable(self) -> None:
+        """Fake-quantize in ``forward``.
+
+        Raises:
+            ConfigError: the quantizer has no amax yet.
+        """
+        if not self.is_calibrated:
+            raise ConfigError("cannot enable an uncalibrated quantizer: calibrate it (or load its amax) first")
+        self.state = QuantState.ENABLED
+
+    def disable(self) -> None:
+        """Pass inputs through unchanged in ``forward``."""
+        self.state = QuantState.DISABLED
+
+    def start_calibration(self) -> None:
+        """Forget earlier statistics and record those of every following ``forward`` input."""
+        self._histogram = Histogram(self.num_bins) if self.axis is None else None
+        self._running_max = None
+        self.state = QuantState.CALIBRATING
+
+    def stop_calibration(
+        self, method: CalibMethod | str = CalibMethod.ENTROPY, enable: bool = True, **kwargs: Any
+    ) -> Tensor:
+        """Set ``amax`` from the recorded statistics, drop them, and enable (or disable) the quantizer.
+
+        Args:
+            method: "max", "percentile", "entropy" or "mse" (per-channel quantizers support only "max").
+            enable: enable the quantizer afterwards; else disable it.
+            **kwargs: passed to the amax search, e.g. ``percentile=99.99``.
+
+        Returns:
+            The new amax.
+
+        Raises:
+            ConfigError: not calibrating, no data seen, or a method the granularity does not support.
+        """
+        method = CalibMethod.parse(method)
+        if self.state is not QuantState.CALIBRATING:
+            raise ConfigError("stop_calibration called without start_calibration")
+        if self.axis is not None:
+            if method is not CalibMethod.MAX:
+                raise ConfigError(f"per-channel quantizers calibrate with 'max' only, got {method.value!r}")
+            if self._running_max is None:
+                raise ConfigError("no calibration data: run forward passes between start_ and stop_calibration")
+            amax = self._running_max
+        else:
+            if self._histogram is None or self._histogram.num_values == 0:
+                raise ConfigError("no calibration data: run forward passes between start_ and stop_calibration")
+            amax = torch.tensor(compute_amax(self._histogram, method, **kwargs))
+        self._histogram, self._running_max = None, None
+        self.set_amax_(amax)
+        self.state = QuantState.ENABLED if enable else QuantState.DISABLED
+        return self.amax
+
+    def set_amax_(self, amax: Tensor | float) -> None:
+        """Store ``amax`` (a scalar per tensor, one value per channel otherwise) in the buffer.
+
+        Values are floored at ``127 * MIN_SCALE`` (an all-zero tensor or channel still gets a positive scale), so
+        ``forward`` computes the scale with one division, which the ONNX exporter folds into a constant.
+
+        Raises:
+            ConfigError: a per-channel amax that is not 1-D, or negative / non-finite values.
+        """
+        amax = torch.as_tensor(amax, dtype=torch.float32).detach().clone()
+        amax = amax.reshape(()) if self.axis is None else amax.reshape(-1)
+        if not bool(torch.isfinite(amax).all()) or bool((amax < 0).any()):
+            raise ConfigError(f"amax must be finite and >= 0, got {amax}")
+        self.amax = amax.clamp(min=MIN_SCALE * self._quant_max).to(self.amax.device)
+
+    def calibrate_weight_(self, weight: Tensor) -> None:
+        """Set ``amax`` to ``max |weight|`` (per channel along ``axis``, or over the whole tensor)."""
+        if self.axis is None:
+            self.set_amax_(weight.detach().abs().max())
+        else:
+            self.set_amax_(per_channel_amax(weight, self.axis))
+
+    def _collect(self, x: Tensor) -> None:
+        """Record the statistics of one calibration input."""
+        if self.axis is None:
+            self._histogram.collect(x)
+            return
+        batch_max = per_channel_amax(x, self.axis)
+        self._running_max = batch_max if self._running_max is None else torch.maximum(self._running_max, batch_max)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.state is QuantState.ENABLED:
+            return fake_quantize_scaled(x, self.amax / self._quant_max, self.axis, self.num_bits)
+        if self.state is QuantState.CALIBRATING:
+            self._collect(x)
+        return x
+
+    def _load_from_state_dict(self, state_dict: dict, prefix: str, *args: Any, **kwargs: Any) -> None:
+        stored = state_dict.get(prefix + "amax")
+        if stored is not None and stored.shape != self.amax.shape:
+            self.amax = torch.empty(stored.shape, dtype=self.amax.dtype, device=self.amax.device)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        with torch.no_grad():
+            self.amax.clamp_(min=MIN_SCALE * self._quant_max)
+
+    def extra_repr(self) -> str:
+        granularity = "per_tensor" if self.axis is None else f"per_channel(axis={self.axis})"
+        amax = "uncalibrated" if not self.is_calibrated else f"amax_shape={tuple(self.amax.shape)}"
+        return f"{granularity}, num_bits={self.num_bits}, state={self.state.value}, {amax}"
+
+
+class QuantConv2d(nn.Module):
+    """An ``nn.Conv2d`` whose input (per tensor) and weight (per output channel) are fake-quantized.
+
+    Example:
+        >>> qconv = QuantConv2d.from_conv(conv)  # weight amax set, both quantizers disabled
+        >>> qconv.input_quantizer.start_calibration()
+        >>> qconv(calibration_batch)
+        >>> qconv.input_quantizer.stop_calibration("entropy")
+        >>> qconv.enable()
+    """
+
+    def __init__(
+        self,
+        conv: nn.Conv2d,
+        input_quantizer: TensorQuantizer | None = None,
+        weight_quantizer: TensorQuantizer | None = None,
+    ) -> None:
+        super().__init__()
+        if not isinstance(conv, nn.Conv2d):
+            raise ConfigError(f"QuantConv2d wraps an nn.Conv2d, got {type(conv).__name__}")
+        self.conv = conv
+        self.input_quantizer = input_quantizer if input_quantizer is not None else TensorQuantizer()
+        self.weight_quantizer = weight_quantizer if weight_quantizer is not None else TensorQuantizer(axis=0)
+
+    @classmethod
+    def from_conv(cls, conv: nn.Conv2d, calibrate_weight: bool = True) -> QuantConv2d:
+        """Wrap ``conv`` (its parameters are shared, not copied); set the weight amax unless told not to."""
+        module = cls(conv)
+        if calibrate_weight:
+            module.weight_quantizer.calibrate_weight_(conv.weight)
+        return module
+
+    def to_conv(self) -> nn.Conv2d:
+        """The wrapped float conv."""
+        return self.conv
+
+    def enable(self) -> None:
+        """Enable both quantizers (each must be calibrated)."""
+        self.input_quantizer.enable()
+        self.weight_quantizer.enable()
+
+    def disable(self) -> None:
+        """Disable both quantizers: ``forward`` then equals the float conv exactly."""
+        self.input_quantizer.disable()
+        self.weight_quantizer.disable()
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.conv._conv_forward(self.input_quantizer(x), self.weight_quantizer(self.conv.weight), self.conv.bias)
