@@ -22,17 +22,29 @@ $(STAMP): setup.cfg pyproject.toml constraints.txt
 	$(PY) -c "import torch; print('torch', torch.__version__, '(CUDA build)' if torch.version.cuda else '(CPU build)')"
 	touch $(STAMP)
 
-demo: setup
-	$(VENV)/bin/yolodeploy models "yolov6n*"
-	$(VENV)/bin/yolodeploy demo --model yolov6n --out runs/demo
-	$(VENV)/bin/yolodeploy export runs/demo/yolov6n_deploy.safetensors -o runs/demo/yolov6n.onnx --dynamic-batch --img 320 --nms ort
-	$(VENV)/bin/yolodeploy bench runs/demo/yolov6n.onnx --backend ort --bs 1 --bs 4 --img 320 --iters 10 --json runs/demo/bench_ort.json
+# The demo model (trained by benchmarks/record_demo_model.py's TRAIN_COMMAND) and the dataset it was trained on.
+DEMO_MODEL := assets/demo/yolov6n_synth.safetensors
+DEMO_DATA := runs/synth
+DEMO := $(VENV)/bin/yolodeploy
+
+$(DEMO_DATA)/annotations/instances_val.json: | $(STAMP)
+	$(DEMO) data synth $(DEMO_DATA) --images 2500 --classes 4 --img-size 256 --seed 0 --overwrite
+
+demo: setup $(DEMO_DATA)/annotations/instances_val.json
+	$(DEMO) info $(DEMO_MODEL)
+	$(DEMO) reparam $(DEMO_MODEL) -o runs/demo/yolov6n_synth_deploy.safetensors --img 224
+	$(DEMO) eval $(DEMO_MODEL) --data $(DEMO_DATA) --img 224 --json runs/demo/eval_torch.json
+	$(DEMO) export runs/demo/yolov6n_synth_deploy.safetensors -o runs/demo/yolov6n_synth.onnx --dynamic-batch --img 224
+	$(DEMO) eval runs/demo/yolov6n_synth.onnx --data $(DEMO_DATA) --img 224 --json runs/demo/eval_ort.json
+	$(DEMO) export runs/demo/yolov6n_synth_deploy.safetensors -o runs/demo/yolov6n_synth_nms.onnx --dynamic-batch --img 224 --nms ort
+	$(DEMO) bench runs/demo/yolov6n_synth_nms.onnx --backend ort --bs 1 --bs 32 --img 224 --iters 10 --json runs/demo/bench_ort.json
 
 test: setup
 	$(PY) -m pytest -q
 
 bench: setup
 	$(PY) benchmarks/reparam_latency.py --json benchmarks/results/reparam_latency.json
+	$(PY) benchmarks/train_throughput.py --json benchmarks/results/train_throughput.json
 
 bench-suite: setup
 	$(PY) benchmarks/run_suite.py --wait-idle 300 --retries 3

@@ -99,3 +99,10 @@ class EvaluationError(YoloDeployError, ValueError):
 
 class DatasetError(YoloDeployError, ValueError):
     """A dataset folder or annotation file that cannot be used (no images, unreadable JSON, bad split fractions)."""
+
+
+class CalibrationError(ConfigError):
+    """Calibration that cannot run: no calibration images, an empty batch stream, a model with nothing to calibrate."""
+
+
+__all__.append("CalibrationError")

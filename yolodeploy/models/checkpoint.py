@@ -2,7 +2,7 @@
 
 A yolodeploy checkpoint is one ``.safetensors`` file. Its header metadata holds a single JSON document
 under the key ``"yolodeploy"``: format version, model class and full architecture config, num_classes,
-class names, input size, form (train | deploy), and free-form user metadata. Loading reads JSON and raw
+class names, input size, form (train | deploy | quantized), and free-form user metadata. Loading reads JSON and raw
 tensors only: it never unpickles or executes anything. Official (pickled) YOLO checkpoints are imported by
 ``yolodeploy.models.official`` through the same ``load_checkpoint`` entry point.
 """
@@ -124,6 +124,10 @@ def load_checkpoint(path: str | os.PathLike, *, map_location: str | torch.device
 
         return import_official_checkpoint(path, map_location=map_location)
     meta = read_metadata(path)
+    if meta.get("form") == "quantized":
+        from ..quant.model import load_quantized
+
+        return load_quantized(path, map_location=map_location)
     model = model_from_metadata(meta)
     state_dict = _read_tensors(path, map_location)
     load_state_dict_checked(model, state_dict, source=str(path))

@@ -43,3 +43,43 @@ __all__ = [
     "QuantState",
     "TensorQuantizer",
 ]
+
+# the quantized model and its calibration (issue 6 items 1-2); Q/DQ export and parity live in
+# ``yolodeploy.quant.export``, not imported here so that ``import yolodeploy.quant`` does not load onnx
+from .calibrate import (  # noqa: E402
+    CalibrationManifest,
+    CalibrationResult,
+    apply_amax,
+    calibrate,
+    calibrate_cached,
+    calibration_batches,
+    calibration_images,
+)
+from .model import (  # noqa: E402
+    disable_all,
+    enable_all,
+    float_layers,
+    load_quantized,
+    quant_layers,
+    quantize_model,
+    save_quantized,
+    set_layer_enabled,
+)
+
+__all__ += [
+    "CalibrationManifest",
+    "CalibrationResult",
+    "apply_amax",
+    "calibrate",
+    "calibrate_cached",
+    "calibration_batches",
+    "calibration_images",
+    "disable_all",
+    "enable_all",
+    "float_layers",
+    "load_quantized",
+    "quant_layers",
+    "quantize_model",
+    "save_quantized",
+    "set_layer_enabled",
+]
