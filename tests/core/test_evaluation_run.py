@@ -77,8 +77,8 @@ def test_torch_and_onnxruntime_agree(dataset, model, tmp_path):
 class PerfectRunner:
     """Returns the ground-truth boxes (score 1) in letterboxed pixels, in the order evaluate_model reads images."""
 
-    def __init__(self, data: CocoDetection, img_size: int) -> None:
-        self.data, self.img_size, self.next = data, img_size, 0
+    def __init__(self, data: CocoDetection, img_size: int, border: int = 0) -> None:
+        self.data, self.img_size, self.border, self.next = data, img_size, border, 0
         self.num_classes = len(data.category_ids)
 
     def __enter__(self):
@@ -101,7 +101,7 @@ class PerfectRunner:
         for i in range(batch):
             image, boxes, labels = self.data[self.next]
             self.next += 1
-            _, ratio, (pad_w, pad_h) = letterbox(image, self.img_size)
+            _, ratio, (pad_w, pad_h) = letterbox(image, self.img_size, border=self.border)
             assert len(boxes) <= 16
             out[i, : len(boxes), :4] = boxes * ratio + np.array([pad_w, pad_h, pad_w, pad_h], np.float32)
             out[i, np.arange(len(boxes)), 4 + labels] = 1.0
@@ -127,12 +127,16 @@ def wide_dataset(dataset, tmp_path_factory):
     return root
 
 
-@pytest.mark.parametrize(("which", "img_size"), [("square", IMG), ("square", 96), ("wide", 160), ("wide", 96)])
-def test_perfect_model_reaches_ap_one(dataset, wide_dataset, which, img_size):
+@pytest.mark.parametrize(
+    ("which", "img_size", "border"),
+    [("square", IMG, 0), ("square", 96, 0), ("wide", 160, 0), ("wide", 96, 0), ("wide", 96, 3)],
+)
+def test_perfect_model_reaches_ap_one(dataset, wide_dataset, which, img_size, border):
+    """Also with the paper's gray border (e.g. 634 + 3 px for 640): evaluation letterboxes with the same frame."""
     root = dataset.root if which == "square" else wide_dataset
     data = CocoDetection(root / "images" / "val", root / "annotations" / "instances_val.json")
-    config = EvalConfig(model="perfect", data=str(root), img_size=img_size, batch=2)
-    result = evaluate_model(config, runner=PerfectRunner(data, img_size))
+    config = EvalConfig(model="perfect", data=str(root), img_size=img_size, border=border, batch=2)
+    result = evaluate_model(config, runner=PerfectRunner(data, img_size, border))
     assert result.metrics.ap == pytest.approx(1.0, abs=1e-6)
     assert result.metrics.ap50 == pytest.approx(1.0, abs=1e-6)
     if which == "wide":  # the mapping is exercised: a wrong pad or ratio would shift boxes off their targets

@@ -41,6 +41,7 @@ class EvalConfig:
     image_dir: str | None = None
     backend: str = "auto"
     img_size: int = 320
+    border: int = 0
     batch: int = 8
     conf: float = 0.001
     iou: float = 0.65
@@ -49,6 +50,8 @@ class EvalConfig:
     def __post_init__(self) -> None:
         if self.img_size <= 0 or self.img_size % 32:
             raise ConfigError(f"--img must be a positive multiple of 32, got {self.img_size}")
+        if not 0 <= self.border < self.img_size // 2:
+            raise ConfigError(f"--border must be in [0, img/2), got {self.border}")
         if self.batch < 1:
             raise ConfigError(f"--batch must be >= 1, got {self.batch}")
         if not 0 <= self.conf <= 1 or not 0 <= self.iou <= 1:
@@ -201,7 +204,7 @@ def evaluate_model(config: EvalConfig, *, model=None, runner=None) -> EvalResult
             padded, ratios, pads, shapes = [], [], [], []
             for index in indices:
                 image = dataset[index][0]
-                boxed, ratio, pad = letterbox(image, config.img_size, scaleup=True)
+                boxed, ratio, pad = letterbox(image, config.img_size, border=config.border, scaleup=True)
                 padded.append(boxed)
                 ratios.append(ratio)
                 pads.append(pad)

@@ -83,3 +83,8 @@ __all__ += [
     "save_quantized",
     "set_layer_enabled",
 ]
+
+# quantization-aware training (issue 6 item 5)
+from .qat import DistillMethod, QATConfig, QATLoss, QATResult, run_qat  # noqa: E402
+
+__all__ += ["DistillMethod", "QATConfig", "QATLoss", "QATResult", "run_qat"]

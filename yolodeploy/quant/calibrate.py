@@ -110,7 +110,7 @@ def _size_pair(img_size: int | Sequence[int]) -> tuple[int, int]:
 
 
 def calibration_batches(
-    paths: Sequence[str | os.PathLike], img_size: int | Sequence[int], batch: int = 8
+    paths: Sequence[str | os.PathLike], img_size: int | Sequence[int], batch: int = 8, border: int = 0
 ) -> Iterator[Tensor]:
     """Float32 ``(B, 3, H, W)`` batches of ``paths`` with the inference pre-processing (:data:`PREPROCESSING`).
 
@@ -122,7 +122,7 @@ def calibration_batches(
         raise ConfigError(f"batch must be >= 1, got {batch}")
     size = _size_pair(img_size)
     for first in range(0, len(paths), batch):
-        images = [letterbox(load_image(p), size, scaleup=True)[0] for p in paths[first : first + batch]]
+        images = [letterbox(load_image(p), size, border=border, scaleup=True)[0] for p in paths[first : first + batch]]
         yield torch.from_numpy(to_tensor_batch(images))
 
 

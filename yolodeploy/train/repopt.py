@@ -307,23 +307,10 @@ def grad_masks(model: nn.Module, scales: dict[str, list[Tensor]]) -> dict[nn.Par
 
 
 def default_param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """The official YOLOv6 groups: BatchNorm weights (no decay), other weights (``weight_decay``), biases (no decay).
+    """The official YOLOv6 groups (BN weights and biases without decay); the trainer's own :func:`param_groups`."""
+    from .optim import param_groups
 
-    Frozen parameters (``requires_grad=False``, e.g. the DFL projection) are left out.
-    """
-    bn_weights, weights, biases = [], [], []
-    for module in model.modules():
-        bias, weight = getattr(module, "bias", None), getattr(module, "weight", None)
-        if isinstance(bias, nn.Parameter) and bias.requires_grad:
-            biases.append(bias)
-        if isinstance(weight, nn.Parameter) and weight.requires_grad:
-            is_bn = isinstance(module, nn.modules.batchnorm._BatchNorm)
-            (bn_weights if is_bn else weights).append(weight)
-    return [
-        {"params": bn_weights, "weight_decay": 0.0},
-        {"params": weights, "weight_decay": weight_decay},
-        {"params": biases, "weight_decay": 0.0},
-    ]
+    return param_groups(model, weight_decay)
 
 
 # ---------------------------------------------------------------------------------------------------- optimizer

@@ -258,7 +258,7 @@ class Trainer:
 
         cfg = self.config
         config = EvalConfig(model=cfg.model, data=cfg.data, split=cfg.val_split, img_size=cfg.img_size,
-                            batch=cfg.eval_batch, backend="torch")  # fmt: skip
+                            border=cfg.border, batch=cfg.eval_batch, backend="torch")  # fmt: skip
         model = copy.deepcopy(ema_model).eval()
         metrics = evaluate_model(config, model=model).metrics
         return {"ap": round(metrics.ap, 5), "ap50": round(metrics.ap50, 5), "ap75": round(metrics.ap75, 5)}
