@@ -33,9 +33,9 @@ def cli() -> None:
 
 
 def _register_commands() -> None:
-    from . import benchmark, convert, data, demo, engine, env, evaluate, export, repopt, train, zoo
+    from . import benchmark, convert, data, demo, engine, env, evaluate, export, quant, quantize, repopt, train, zoo
 
-    for module in (zoo, convert, demo, benchmark, engine, env, export, data, evaluate, repopt, train):
+    for module in (zoo, convert, demo, benchmark, engine, env, export, data, evaluate, repopt, train, quant, quantize):
         for command in module.COMMANDS:
             cli.add_command(command)
 
