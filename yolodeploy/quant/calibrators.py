@@ -18,13 +18,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from enum import Enum
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from ..errors import ConfigError
+from ..utils.choices import Choice
 from .primitives import qrange
 
 __all__ = [
@@ -39,7 +39,7 @@ __all__ = [
 ]
 
 
-class CalibMethod(str, Enum):
+class CalibMethod(Choice):
     """How an activation amax is chosen from its histogram."""
 
     MAX = "max"
@@ -48,17 +48,8 @@ class CalibMethod(str, Enum):
     MSE = "mse"
 
     @classmethod
-    def parse(cls, value: CalibMethod | str) -> CalibMethod:
-        """The method named by ``value``.
-
-        Raises:
-            ConfigError: an unknown name (the message lists the valid ones).
-        """
-        try:
-            return cls(value)
-        except ValueError:
-            valid = ", ".join(m.value for m in cls)
-            raise ConfigError(f"unknown calibration method {value!r}; choose one of: {valid}") from None
+    def label(cls) -> str:
+        return "calibration method"
 
 
 class Histogram:

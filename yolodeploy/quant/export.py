@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import enum
 import os
 from collections.abc import Iterable
 from pathlib import Path
@@ -45,6 +44,7 @@ from ..deploy.onnx_utils import check_opset
 from ..deploy.qdq_check import Violation, check_trt_qdq_rules
 from ..deploy.qdq_passes import eliminate_redundant_qdq, tie_scales_report, to_uint8_activations
 from ..errors import ConfigError, ExportError
+from ..utils.choices import Choice
 from ..utils.io import atomic_path
 from .model import quant_layers
 from .quantizer import QuantState
@@ -63,18 +63,11 @@ __all__ = [
 DEFAULT_MAX_FRACTION = 0.01
 
 
-class QdqFlavour(str, enum.Enum):
+class QdqFlavour(Choice):
     """``trt``: symmetric int8 everywhere (TensorRT); ``ort``: uint8 activations with zero point 128 (ORT x86)."""
 
     TRT = "trt"
     ORT = "ort"
-
-    @classmethod
-    def parse(cls, value: QdqFlavour | str) -> QdqFlavour:
-        try:
-            return cls(value)
-        except ValueError:
-            raise ConfigError(f"unknown Q/DQ flavour {value!r}; choose trt or ort") from None
 
 
 @dataclasses.dataclass

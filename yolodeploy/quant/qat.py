@@ -42,7 +42,6 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
-from enum import Enum
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +51,7 @@ from torch import Tensor, nn
 from ..errors import ConfigError
 from ..train.distill import _kl_rows, channel_wise_distillation, distillation_weight, teacher_forward
 from ..train.optim import cosine_factor
+from ..utils.choices import Choice
 from .model import quant_layers
 from .quantizer import QuantState
 
@@ -60,19 +60,12 @@ __all__ = ["DistillMethod", "QATConfig", "QATResult", "QATLoss", "run_qat", "lig
 QAT_CONFIG_VERSION = 1
 
 
-class DistillMethod(str, Enum):
+class DistillMethod(Choice):
     """The QAT recipe: ``cwd`` (YOLOv6: det + KD + CWD), ``mse`` (label-free), ``none`` (det only)."""
 
     CWD = "cwd"
     MSE = "mse"
     NONE = "none"
-
-    @classmethod
-    def parse(cls, value: DistillMethod | str) -> DistillMethod:
-        try:
-            return cls(value.lower() if isinstance(value, str) else value)
-        except ValueError:
-            raise ConfigError(f"unknown distill method {value!r}; valid: {', '.join(m.value for m in cls)}") from None
 
 
 def light_augment() -> dict[str, float]:

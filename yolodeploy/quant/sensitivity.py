@@ -46,7 +46,6 @@ import random
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from enum import Enum
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +53,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import ConfigError
+from ..utils.choices import Choice
 from ..utils.io import atomic_write_text
 from .calibrate import calibrate, calibration_images
 from .calibrators import CalibMethod
@@ -73,13 +73,17 @@ __all__ = [
 REPORT_VERSION = 1
 
 
-class SensitivityMetric(str, Enum):
+class SensitivityMetric(Choice):
     """A sensitivity metric; ``key`` is its field in the per-layer results."""
 
     MSE = "mse"
     SNR = "snr"
     COSINE = "cosine"
     AP = "ap"
+
+    @classmethod
+    def extra_choices(cls) -> tuple[str, ...]:
+        return ("all",)
 
     @property
     def key(self) -> str:
@@ -90,30 +94,15 @@ class SensitivityMetric(str, Enum):
         """Whether a larger value means a larger quantization error (MSE, AP drop)."""
         return self in (SensitivityMetric.MSE, SensitivityMetric.AP)
 
-    @classmethod
-    def parse(cls, value: SensitivityMetric | str) -> SensitivityMetric:
-        try:
-            return cls(value)
-        except ValueError:
-            valid = ", ".join(m.value for m in cls)
-            raise ConfigError(f"unknown sensitivity metric {value!r}; choose one of: {valid}, all") from None
-
 
 CHEAP_METRICS = (SensitivityMetric.MSE, SensitivityMetric.SNR, SensitivityMetric.COSINE)
 
 
-class SensitivityMode(str, Enum):
+class SensitivityMode(Choice):
     """``one-on``: only the layer quantized; ``one-off``: every layer but it quantized."""
 
     ONE_ON = "one-on"
     ONE_OFF = "one-off"
-
-    @classmethod
-    def parse(cls, value: SensitivityMode | str) -> SensitivityMode:
-        try:
-            return cls(value)
-        except ValueError:
-            raise ConfigError(f"unknown sensitivity mode {value!r}; choose one of: one-on, one-off") from None
 
 
 def _parse_metrics(metrics: Iterable[SensitivityMetric | str] | str) -> tuple[SensitivityMetric, ...]:

@@ -1,0 +1,71 @@
+"""``yolodeploy quantize --ptq``: end to end with small numbers; bad inputs give one ``error:`` line, no files."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from conftest import assert_one_line_error, run_cli
+
+from yolodeploy.core.data.synth import synthesize_dataset
+from yolodeploy.core.init import randomize_for_verification_
+from yolodeploy.models import create_model, save_checkpoint
+
+pytestmark = pytest.mark.usefixtures("single_thread_torch")
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory):
+    return synthesize_dataset(tmp_path_factory.mktemp("qcli") / "ds", images=12, classes=2, img_size=64, seed=0).root
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    torch.manual_seed(0)
+    model = randomize_for_verification_(create_model("yolov6n", num_classes=2), 0).eval()
+    return save_checkpoint(model, tmp_path_factory.mktemp("qcli_ckpt") / "n.safetensors")
+
+
+def test_quantize_ptq_end_to_end(data_root, checkpoint, tmp_path):
+    out = tmp_path / "out"
+    result = run_cli(
+        "quantize", checkpoint, "--data", data_root, "--ptq", "--img", 64, "--calib-images", 4, "--val-images", 4,
+        "--method", "max", "--bench", "--bs", 1, "--bs", 2, "--iters", 2, "-o", out,
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert lines[0].startswith("| model | AP | AP50 | bs1 p50 ms | bs1 speed-up | bs2 p50 ms")
+    assert lines[2].startswith("| FP32 |") and lines[3].startswith("| PTQ |")
+    assert any(line.startswith("wrote ") and line.endswith("(int8_ort_onnx)") for line in lines)
+    report = json.loads((out / "quant_report.json").read_text())
+    assert report["config"]["method"] == "max" and report["command"].startswith("yolodeploy")
+    assert set(report["rows"]["ptq"]["latency_ms"]) == {"1", "2"}
+    assert (
+        (out / "int8_ort.onnx").is_file() and (out / "int8_trt.onnx").is_file() and (out / "int8.safetensors").is_file()
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "fragments"),
+    [
+        (("--ptq", "--data", "{missing}"), ("no such dataset",)),
+        (("--data", "{data}"), ("--ptq",)),
+        (("--ptq", "--qat", "--data", "{data}"), ("QAT from the CLI is not wired yet",)),
+        (("--ptq", "--sensitive-topk", "-1", "--data", "{data}"), ("sensitive_topk must be >= 0",)),
+        (("--ptq", "--img", "60", "--data", "{data}"), ("multiple of 32",)),
+        (("--ptq", "--method", "median", "--data", "{data}"), ("median",)),
+    ],
+)
+def test_quantize_bad_inputs(data_root, checkpoint, tmp_path, args, fragments):
+    out = tmp_path / "out"
+    filled = [a.format(missing=tmp_path / "nope", data=data_root) for a in args]
+    result = run_cli("quantize", checkpoint, *filled, "-o", out)
+    assert_one_line_error(result, *fragments)
+    assert not out.exists()
+
+
+def test_quantize_missing_model(data_root, tmp_path):
+    result = run_cli("quantize", tmp_path / "nope.safetensors", "--ptq", "--data", data_root, "-o", tmp_path / "o")
+    assert_one_line_error(result, "no such checkpoint")
+    assert not (tmp_path / "o").exists()

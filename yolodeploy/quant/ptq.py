@@ -1,0 +1,409 @@
+"""Post-training quantization end to end: calibrate, (partially) quantize, export, check parity, measure AP.
+
+YOLOv6 paper §2.5 and §3.5 (https://arxiv.org/abs/2209.02976): PTQ of the re-parameterized network, and partial
+quantization that keeps the layers most sensitive by MSE in float (issue 6 items 4, 7 and 8). :func:`run_ptq`:
+
+1. load the float model; export it to FP32 ONNX (``fp32.onnx``) and measure the **baseline AP on ONNX Runtime**;
+2. :func:`~yolodeploy.quant.model.quantize_model` and :func:`~yolodeploy.quant.calibrate.calibrate_cached`
+   (manifest-keyed cache, default ``OUTPUT/calib_cache``);
+3. with ``sensitive_topk`` or ``max_ap_drop``: rank the layers by
+   :func:`~yolodeploy.quant.sensitivity.analyze_sensitivity` (held-out calibration images) and keep the top ones
+   float (their quantizers disabled; the calibration stays valid). ``max_ap_drop`` then adds float layers in
+   ranking order, one at a time, until the fake-quant AP drop (torch runner, same val subset) is ``<= D``,
+   recording the AP after each added layer; the final ONNX Runtime AP confirms it;
+4. export Q/DQ ONNX in both flavours (``int8_ort.onnx`` uint8 activations for ORT on x86, ``int8_trt.onnx`` for
+   TensorRT), in memory first: **parity before accuracy** — each graph is checked against the fake-quant model
+   on held-out calibration images and nothing is written if it fails (:class:`~yolodeploy.errors.ExportError`);
+5. AP of the INT8 model on ONNX Runtime; the quantized checkpoint ``int8.safetensors`` with the calibration
+   method, manifest hash and float layers in its metadata; optional latency (``bench_batch_sizes``);
+6. the report (:func:`~yolodeploy.quant.report.write_report`). A partial run also measures plain PTQ, so the
+   report shows FP32, PTQ and partial PTQ side by side.
+
+Every file is written atomically.
+
+Example:
+    >>> result = run_ptq(PTQConfig(model="best.safetensors", data="data/", output="runs/ptq", sensitive_topk=6))
+    >>> print(result.table())
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import logging
+import random
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from ..errors import ConfigError, DatasetError, ExportError
+from .calibrate import calibrate_cached, calibration_batches
+from .calibrators import CalibMethod
+from .model import quant_layers, quantize_model, set_layer_enabled
+from .report import REPORT_STEM, report_table, write_report
+
+__all__ = ["PTQ_VERSION", "PTQConfig", "PTQResult", "run_ptq"]
+
+logger = logging.getLogger(__name__)
+
+PTQ_VERSION = 1
+_METRICS = ("mse", "snr", "cosine", "ap")
+
+
+@dataclasses.dataclass(kw_only=True)
+class PTQConfig:
+    """What to quantize and how.
+
+    The default calibrator is **entropy** (KL divergence): it is TensorRT's default and recommended INT8
+    calibrator for CNNs (``IInt8EntropyCalibrator2``), it ignores rare activation outliers that ``max`` keeps
+    (post-ReLU/SiLU detector activations are long-tailed), and it is the default of our sensitivity analysis, so
+    the ranking and the final model see the same ranges. ``max``, ``percentile`` and ``mse`` are available.
+
+    Args:
+        model: checkpoint path (or registry name: random weights, for tests).
+        data: dataset root (``images/<split>``, ``annotations/instances_<split>.json``).
+        output: folder for every file written.
+        img_size: square letterbox size (multiple of 32).
+        calib_split / calib_images: calibration split and image count (all of them if fewer).
+        heldout_images: calibration-split images held out for parity and sensitivity (disjoint from the
+            calibration images unless the split is too small for both).
+        method / percentile: the activation calibrator.
+        sensitive_topk: layers kept float by sensitivity (0: plain PTQ).
+        metric: the sensitivity ranking metric (mse, as the paper found closest to direct AP).
+        max_ap_drop: greedily add float layers until the AP drop is at most this (AP points in [0, 1]).
+        val_split / val_images: AP split and a seeded subset size (None: the whole split).
+        border: letterbox border (YOLOv6 §3.1), for calibration and evaluation alike.
+        seed: image sampling seed.
+        batch: images per forward / inference call.
+        cache_dir: calibration cache (None: ``OUTPUT/calib_cache``).
+        bench_batch_sizes / bench_iters: ORT latency of the FP32 and INT8 files (empty: not measured).
+        command: the argv that produced the run (recorded in the report).
+    """
+
+    model: str
+    data: str
+    output: str
+    img_size: int = 224
+    calib_split: str = "calib"
+    calib_images: int = 512
+    heldout_images: int = 8
+    method: CalibMethod = CalibMethod.ENTROPY
+    percentile: float = 99.99
+    sensitive_topk: int = 0
+    metric: str = "mse"
+    max_ap_drop: float | None = None
+    val_split: str = "val"
+    val_images: int | None = None
+    border: int = 0
+    seed: int = 0
+    batch: int = 8
+    cache_dir: str | None = None
+    bench_batch_sizes: tuple[int, ...] = ()
+    bench_iters: int = 10
+    command: str | None = None
+    version: int = PTQ_VERSION
+
+    def __post_init__(self) -> None:
+        self.method = CalibMethod.parse(self.method)
+        self.bench_batch_sizes = tuple(int(b) for b in self.bench_batch_sizes)
+        if self.img_size <= 0 or self.img_size % 32:
+            raise ConfigError(f"img_size must be a positive multiple of 32, got {self.img_size}")
+        if self.sensitive_topk < 0:
+            raise ConfigError(f"sensitive_topk must be >= 0 (0: plain PTQ), got {self.sensitive_topk}")
+        if self.metric not in _METRICS:
+            raise ConfigError(f"metric must be one of {', '.join(_METRICS)}, got {self.metric!r}")
+        if self.max_ap_drop is not None and not 0 <= self.max_ap_drop <= 1:
+            raise ConfigError(f"max_ap_drop is in AP points in [0, 1] (0.005 = half a point), got {self.max_ap_drop}")
+        for name in ("calib_images", "heldout_images", "batch", "bench_iters"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.val_images is not None and self.val_images < 1:
+            raise ConfigError(f"val_images must be >= 1 (None: the whole split), got {self.val_images}")
+        if any(b < 1 for b in self.bench_batch_sizes):
+            raise ConfigError(f"bench batch sizes must be >= 1, got {self.bench_batch_sizes}")
+
+    @property
+    def partial(self) -> bool:
+        return self.sensitive_topk > 0 or self.max_ap_drop is not None
+
+    @property
+    def cache_path(self) -> Path:
+        return Path(self.cache_dir) if self.cache_dir else Path(self.output) / "calib_cache"
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data.update(method=self.method.value, bench_batch_sizes=list(self.bench_batch_sizes))
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> PTQConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+@dataclasses.dataclass
+class PTQResult:
+    """What :func:`run_ptq` measured and wrote.
+
+    Attributes:
+        rows: per model (``fp32``, ``ptq``, ``ptq_top<K>``) ``ap``, ``ap50`` and, when benchmarked, ``latency_ms``.
+        float_layers: the layers kept float by sensitivity (empty for plain PTQ), most sensitive first.
+        greedy: ``max_ap_drop`` steps: ``{"float_layers": n, "layer": name, "ap": .., "ap_drop": ..}``.
+        parity: per INT8 file, :meth:`ParityReport.to_dict`.
+        calibration: method, image count, manifest sha256, whether the cache was reused, and the note.
+        files: what was written, by role.
+    """
+
+    config: PTQConfig
+    rows: dict[str, dict[str, Any]]
+    float_layers: list[str]
+    greedy: list[dict[str, Any]]
+    parity: dict[str, dict[str, Any]]
+    calibration: dict[str, Any]
+    files: dict[str, str]
+    notes: list[str]
+
+    @property
+    def int8_key(self) -> str:
+        """The row of the delivered INT8 model (``ptq`` or ``ptq_top<K>``)."""
+        return f"ptq_top{len(self.float_layers)}" if self.float_layers else "ptq"
+
+    @property
+    def ap_drop(self) -> float:
+        return self.rows["fp32"]["ap"] - self.rows[self.int8_key]["ap"]
+
+    @property
+    def cached(self) -> bool:
+        return bool(self.calibration.get("cached"))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "version": PTQ_VERSION,
+            "config": self.config.to_dict(),
+            "command": self.config.command,
+            "rows": self.rows,
+            "int8": self.int8_key,
+            "ap_drop": self.ap_drop,
+            "float_layers": list(self.float_layers),
+            "greedy": self.greedy,
+            "parity": self.parity,
+            "calibration": self.calibration,
+            "files": self.files,
+            "notes": self.notes,
+        }
+
+    def table(self) -> str:
+        return report_table(self.to_dict())
+
+
+# -- steps ---------------------------------------------------------------------------------------------------------
+
+
+def _check_inputs(config: PTQConfig) -> None:
+    from ..models import is_model
+
+    if not Path(config.model).exists() and not is_model(config.model):
+        raise ConfigError(f"model {config.model}: no such checkpoint (and not a registry name)")
+    if not Path(config.data).is_dir():
+        raise DatasetError(f"data {config.data}: no such dataset directory")
+
+
+@contextlib.contextmanager
+def _val_subset(config: PTQConfig) -> Iterator[tuple[Path, Path]]:
+    """``(image_dir, annotation_file)`` of a seeded ``val_images`` subset (a temporary annotation file)."""
+    from ..core.evaluation_run import EvalConfig, resolve_split
+
+    image_dir, ann_file = resolve_split(
+        EvalConfig(model="-", data=config.data, split=config.val_split, img_size=config.img_size)
+    )
+    coco = json.loads(ann_file.read_text())
+    entries = list(coco.get("images", []))
+    if config.val_images is None or len(entries) <= config.val_images:
+        yield image_dir, ann_file
+        return
+    entries = sorted(random.Random(config.seed).sample(entries, config.val_images), key=lambda e: e["id"])
+    keep = {entry["id"] for entry in entries}
+    subset = {**coco, "images": entries, "annotations": [a for a in coco["annotations"] if a["image_id"] in keep]}
+    with tempfile.TemporaryDirectory(prefix="yolodeploy_ptq_") as tmp:
+        path = Path(tmp) / f"instances_{config.val_split}_subset.json"
+        path.write_text(json.dumps(subset))
+        yield image_dir, path
+
+
+def _eval_config(config: PTQConfig, split: tuple[Path, Path], model: str, backend: str):
+    from ..core.evaluation_run import EvalConfig
+
+    return EvalConfig(
+        model=model, image_dir=str(split[0]), annotation_file=str(split[1]), backend=backend,
+        img_size=config.img_size, border=config.border, batch=config.batch,
+    )  # fmt: skip
+
+
+def _onnx_ap(config: PTQConfig, split: tuple[Path, Path], path: Path) -> dict[str, float]:
+    from ..core.evaluation_run import evaluate_model
+
+    metrics = evaluate_model(_eval_config(config, split, str(path), "ort")).metrics
+    return {"ap": float(metrics.ap), "ap50": float(metrics.ap50)}
+
+
+def _torch_ap(config: PTQConfig, split: tuple[Path, Path], model: nn.Module) -> float:
+    from ..core.evaluation_run import evaluate_model
+    from ..deploy.runners.torch_runner import TorchRunner
+
+    runner = TorchRunner(model, reparameterize=False)
+    return float(evaluate_model(_eval_config(config, split, "ptq", "torch"), runner=runner).metrics.ap)
+
+
+def _export_checked(qmodel: nn.Module, config: PTQConfig, stem: str, role: str, heldout: list[Path], result: dict):
+    """Both Q/DQ flavours of ``qmodel``: built in memory, parity-checked, then written. Returns the ORT file."""
+    import onnx
+
+    from ..utils.io import atomic_path
+    from .export import build_qdq_graph, check_qdq_parity
+
+    built = {}
+    for flavour in ("ort", "trt"):
+        proto, _ = build_qdq_graph(qmodel, img_size=config.img_size, flavour=flavour)
+        batches = calibration_batches(heldout, config.img_size, config.batch, border=config.border)
+        parity = check_qdq_parity(qmodel, proto, batches)
+        result["parity"][f"{role}_{flavour}"] = parity.to_dict()
+        if not parity.ok:
+            raise ExportError(
+                f"the {flavour} Q/DQ ONNX does not match the fake-quant model, no AP reported and nothing written: "
+                f"{parity.summary()}"
+            )
+        built[flavour] = proto
+    for flavour, proto in built.items():
+        path = Path(config.output) / f"{stem}_{flavour}.onnx"
+        with atomic_path(path) as tmp:
+            onnx.save(proto, str(tmp))
+        result["files"][f"{role}_{flavour}_onnx"] = str(path)
+    return Path(config.output) / f"{stem}_ort.onnx"
+
+
+def _rank_layers(qmodel: nn.Module, config: PTQConfig, heldout: list[Path], split: tuple[Path, Path]) -> list[str]:
+    """The quantized layers from the most to the least sensitive by ``config.metric`` (model left all enabled)."""
+    from .sensitivity import SensitivityConfig, analyze_sensitivity
+
+    sens = SensitivityConfig(metrics=(config.metric,), method=config.method, percentile=config.percentile)
+    eval_fn = (lambda model: _torch_ap(config, split, model)) if config.metric == "ap" else None
+    batches = list(calibration_batches(heldout, config.img_size, config.batch, border=config.border))
+    report = analyze_sensitivity(qmodel, None, config=sens, heldout=batches, eval_fn=eval_fn)
+    return report.ranking(config.metric)
+
+
+def _choose_float_layers(qmodel, config: PTQConfig, ranking: list[str], split, greedy: list) -> list[str]:
+    """The top-k layers, then (``max_ap_drop``) one more at a time until the fake-quant AP drop is small enough."""
+    if config.sensitive_topk > len(ranking):
+        raise ConfigError(
+            f"--sensitive-topk {config.sensitive_topk} is larger than the {len(ranking)} quantized layers"
+        )
+    chosen = ranking[: config.sensitive_topk]
+    set_layer_enabled(qmodel, chosen, False)
+    if config.max_ap_drop is None:
+        return chosen
+    from .model import disable_all, enable_all
+
+    disable_all(qmodel)
+    float_ap = _torch_ap(config, split, qmodel)
+    enable_all(qmodel)
+    set_layer_enabled(qmodel, chosen, False)
+    while True:
+        ap = _torch_ap(config, split, qmodel)
+        greedy.append({"float_layers": len(chosen), "layer": chosen[-1] if chosen else None, "ap": ap,
+                       "ap_drop": float_ap - ap, "float_ap": float_ap})  # fmt: skip
+        if float_ap - ap <= config.max_ap_drop or len(chosen) == len(ranking):
+            return chosen
+        chosen.append(ranking[len(chosen)])
+        set_layer_enabled(qmodel, chosen[-1], False)
+
+
+def _bench(config: PTQConfig, path: Path) -> dict[str, float]:
+    from ..bench.harness import BenchConfig, run_benchmark
+
+    bench = BenchConfig(
+        model=str(path), backend="ort", batch_sizes=config.bench_batch_sizes, img_size=config.img_size,
+        warmup=2, iters=config.bench_iters, reference=False,
+    )  # fmt: skip
+    result = run_benchmark(bench)
+    return {str(b.batch_size): b.latency.p50_ms for b in result.batches}
+
+
+# -- the pipeline ----------------------------------------------------------------------------------------------------
+
+
+def run_ptq(config: PTQConfig) -> PTQResult:
+    """Post-training quantization of ``config.model`` with parity and AP checks; see the module docstring.
+
+    Returns:
+        A :class:`PTQResult` (``rows``, ``ap_drop``, ``float_layers``, ``parity``, ``files``); the report is
+        written to ``OUTPUT/quant_report.{md,json}``.
+
+    Raises:
+        ConfigError / DatasetError: a missing model or dataset, ``sensitive_topk`` above the layer count.
+        CalibrationError: no calibration image. ExportError: an export or the parity check failed.
+
+    Example:
+        >>> result = run_ptq(PTQConfig(model="best.safetensors", data="data/", output="runs/ptq"))
+        >>> result.rows["ptq"]["ap"], result.files["int8_ort_onnx"]
+    """
+    from ..deploy.export import export_onnx, load_model_source
+    from .calibrate import model_hash
+    from .model import save_quantized
+    from .sensitivity import SensitivityConfig, sensitivity_images
+
+    _check_inputs(config)
+    images = SensitivityConfig(images=config.heldout_images, calib_images=config.calib_images, seed=config.seed)
+    calib, heldout = sensitivity_images(config.data, split=config.calib_split, config=images)
+    model = load_model_source(config.model)
+    qmodel = quantize_model(model)
+    if config.sensitive_topk > len(quant_layers(qmodel)):
+        raise ConfigError(
+            f"--sensitive-topk {config.sensitive_topk} is larger than the {len(quant_layers(qmodel))} quantized layers"
+        )
+    out = Path(config.output)
+    out.mkdir(parents=True, exist_ok=True)
+    state: dict[str, Any] = {"parity": {}, "files": {}}
+    notes = [] if set(calib).isdisjoint(heldout) else ["calibration split too small: parity images overlap calibration"]
+    fp32_path = out / "fp32.onnx"
+    export_onnx(model, fp32_path, img_size=config.img_size, opset=13, dynamic_batch=True)
+    state["files"]["fp32_onnx"] = str(fp32_path)
+    with _val_subset(config) as split:
+        rows = {"fp32": _onnx_ap(config, split, fp32_path)}
+        calibration = calibrate_cached(
+            qmodel, calib, config.cache_path, img_size=config.img_size, batch=config.batch, method=config.method,
+            percentile=config.percentile,
+        )  # fmt: skip
+        float_layers, greedy = [], []
+        if config.partial:
+            rows["ptq"] = _onnx_ap(config, split, _export_checked(qmodel, config, "ptq", "ptq", heldout, state))
+            ranking = _rank_layers(qmodel, config, heldout, split)
+            float_layers = _choose_float_layers(qmodel, config, ranking, split, greedy)
+        stem = f"int8_top{len(float_layers)}" if float_layers else "int8"
+        int8_path = _export_checked(qmodel, config, stem, "int8", heldout, state)
+        key = f"ptq_top{len(float_layers)}" if float_layers else "ptq"
+        rows[key] = _onnx_ap(config, split, int8_path)
+    if config.bench_batch_sizes:
+        rows["fp32"]["latency_ms"] = _bench(config, fp32_path)
+        rows[key]["latency_ms"] = _bench(config, int8_path)
+        if "ptq" in rows and key != "ptq":
+            rows["ptq"]["latency_ms"] = _bench(config, out / "ptq_ort.onnx")
+    calib_meta = {
+        "method": config.method.value, "percentile": config.percentile, "images": calibration.manifest.count,
+        "manifest_sha256": calibration.manifest.sha256(), "cached": calibration.cached, "note": calibration.note,
+    }  # fmt: skip
+    ckpt = save_quantized(
+        qmodel, out / f"{stem}.safetensors", calibration=calib_meta,
+        ptq={"float_layers": float_layers, "metric": config.metric, "model_hash": model_hash(qmodel)},
+    )  # fmt: skip
+    state["files"]["int8_checkpoint"] = str(ckpt)
+    state["files"].update(report_md=str(out / f"{REPORT_STEM}.md"), report_json=str(out / f"{REPORT_STEM}.json"))
+    if config.max_ap_drop is not None and rows["fp32"]["ap"] - rows[key]["ap"] > config.max_ap_drop:
+        notes.append(f"max AP drop {config.max_ap_drop} not met on ONNX Runtime even with {len(float_layers)} float")
+    result = PTQResult(config, rows, float_layers, greedy, state["parity"], calib_meta, state["files"], notes)
+    write_report(result.to_dict(), out)
+    return result

@@ -1,0 +1,105 @@
+"""The quantization report: AP and latency of FP32, PTQ, partial PTQ and QAT side by side (issue 6 item 8).
+
+One markdown table and one JSON file, written next to each other. Only measured numbers are shown: a cell that
+was not measured reads ``—`` (and is absent from the JSON), never a guess. Speed-ups are computed only between
+latencies of the same ``results`` dict, i.e. measured in the same run on the same machine.
+
+``results`` layout (what :func:`yolodeploy.quant.ptq.run_ptq` produces; QAT rows can be added by the caller)::
+
+    {"rows": {"fp32": {"ap": 0.41, "ap50": 0.60, "latency_ms": {"1": 12.3, "32": 300.1}},
+              "ptq": {...}, "ptq_top6": {...}, "qat": {...}},
+     ...anything else (config, files, parity) is kept in the JSON as is}
+
+Example:
+    >>> md_path, json_path = write_report({"rows": {"fp32": {"ap": 0.41, "ap50": 0.6}}}, "runs/quant")
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+from ..errors import ConfigError
+from ..utils.io import atomic_write_text
+
+__all__ = ["REPORT_STEM", "NOT_MEASURED", "row_label", "report_table", "write_report"]
+
+REPORT_STEM = "quant_report"
+#: What a cell that was not measured shows.
+NOT_MEASURED = "—"
+_ORDER = ("fp32", "ptq", "ptq_top", "qat")
+
+
+def row_label(key: str) -> str:
+    """The table label of a row key: ``fp32`` -> FP32, ``ptq_top6`` -> partial PTQ (top-6), ``qat`` -> QAT."""
+    if key.startswith("ptq_top"):
+        return f"partial PTQ (top-{key.removeprefix('ptq_top')})"
+    return {"fp32": "FP32", "ptq": "PTQ", "qat": "QAT"}.get(key, key)
+
+
+def _sort_key(key: str) -> tuple[int, str]:
+    index = next((i for i, prefix in enumerate(_ORDER) if key == prefix or key.startswith(prefix)), len(_ORDER))
+    return index, key
+
+
+def _number(value: Any, digits: int) -> str:
+    if isinstance(value, (int, float)) and math.isfinite(value):
+        return f"{value:.{digits}f}"
+    return NOT_MEASURED
+
+
+def _batch_sizes(rows: dict[str, dict[str, Any]]) -> list[str]:
+    sizes = {str(bs) for row in rows.values() for bs in (row.get("latency_ms") or {})}
+    return sorted(sizes, key=int)
+
+
+def report_table(results: dict[str, Any]) -> str:
+    """The markdown table of ``results["rows"]``: AP, AP50, and per batch size p50 latency and speed-up vs FP32."""
+    rows = results.get("rows")
+    if not isinstance(rows, dict) or not rows:
+        raise ConfigError("the report needs results['rows'] with at least one model (e.g. 'fp32')")
+    sizes = _batch_sizes(rows)
+    base = (rows.get("fp32") or {}).get("latency_ms") or {}
+    header = ["model", "AP", "AP50"]
+    for bs in sizes:
+        header += [f"bs{bs} p50 ms", f"bs{bs} speed-up"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
+    for key in sorted(rows, key=_sort_key):
+        row = rows[key]
+        latency = row.get("latency_ms") or {}
+        cells = [row_label(key), _number(row.get("ap"), 4), _number(row.get("ap50"), 4)]
+        for bs in sizes:
+            ms, ref = latency.get(bs), base.get(bs)
+            speedup = ref / ms if isinstance(ms, (int, float)) and isinstance(ref, (int, float)) and ms > 0 else None
+            cells += [_number(ms, 2), f"{speedup:.2f}×" if speedup is not None else NOT_MEASURED]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def write_report(results: dict[str, Any], out_dir: str | os.PathLike) -> tuple[Path, Path]:
+    """Write ``quant_report.md`` (the table and the notes) and ``quant_report.json`` (``results``) atomically.
+
+    Args:
+        results: ``{"rows": {...}}`` as in the module docstring, plus any other JSON-able fields.
+        out_dir: the folder to write into (created if missing).
+
+    Returns:
+        ``(markdown_path, json_path)``.
+
+    Raises:
+        ConfigError: no rows.
+
+    Example:
+        >>> write_report({"rows": {"fp32": {"ap": 0.41}, "ptq": {"ap": 0.40}}}, "runs/quant")
+    """
+    table = report_table(results)
+    out_dir = Path(out_dir)
+    notes = [f"- {note}" for note in results.get("notes", [])]
+    text = "\n".join(["# Quantization report", "", table, "", *notes]).rstrip() + "\n"
+    md_path, json_path = out_dir / f"{REPORT_STEM}.md", out_dir / f"{REPORT_STEM}.json"
+    atomic_write_text(md_path, text)
+    atomic_write_text(json_path, json.dumps(results, indent=1, default=str) + "\n")
+    return md_path, json_path
