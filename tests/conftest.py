@@ -122,3 +122,22 @@ def single_thread_torch():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(tmp_path_factory):
+    """A 12-image, 2-class, 64-px synthetic COCO dataset root (train 8 / val 2 / calib 2). Treat it as read-only."""
+    from yolodeploy.core.data.synth import synthesize_dataset
+
+    return synthesize_dataset(tmp_path_factory.mktemp("tiny") / "ds", images=12, classes=2, img_size=64, seed=0).root
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory):
+    """yolov6n (2 classes) with trained-like random weights and BN statistics, as a portable checkpoint."""
+    from yolodeploy.core.init import randomize_for_verification_
+    from yolodeploy.models import create_model, save_checkpoint
+
+    torch.manual_seed(0)
+    model = randomize_for_verification_(create_model("yolov6n", num_classes=2), 0).eval()
+    return save_checkpoint(model, tmp_path_factory.mktemp("tiny_ckpt") / "yolov6n_2cls.safetensors")

@@ -5,33 +5,16 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 from conftest import assert_one_line_error, run_cli
-
-from yolodeploy.core.data.synth import synthesize_dataset
-from yolodeploy.core.init import randomize_for_verification_
-from yolodeploy.models import create_model, save_checkpoint
 
 pytestmark = pytest.mark.usefixtures("single_thread_torch")
 
 
-@pytest.fixture(scope="module")
-def data_root(tmp_path_factory):
-    return synthesize_dataset(tmp_path_factory.mktemp("qcli") / "ds", images=12, classes=2, img_size=64, seed=0).root
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    torch.manual_seed(0)
-    model = randomize_for_verification_(create_model("yolov6n", num_classes=2), 0).eval()
-    return save_checkpoint(model, tmp_path_factory.mktemp("qcli_ckpt") / "n.safetensors")
-
-
-def test_quantize_ptq_end_to_end(data_root, checkpoint, tmp_path):
+def test_quantize_ptq_end_to_end(tiny_dataset, tiny_checkpoint, tmp_path):
     out = tmp_path / "out"
     result = run_cli(
-        "quantize", checkpoint, "--data", data_root, "--ptq", "--img", 64, "--calib-images", 4, "--val-images", 4,
-        "--method", "max", "--bench", "--bs", 1, "--bs", 2, "--iters", 2, "-o", out,
+        "quantize", tiny_checkpoint, "--data", tiny_dataset, "--ptq", "--img", 64, "--calib-images", 4,
+        "--val-images", 4, "--method", "max", "--bench", "--bs", 1, "--bs", 2, "--iters", 2, "-o", out,
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
@@ -57,15 +40,15 @@ def test_quantize_ptq_end_to_end(data_root, checkpoint, tmp_path):
         (("--ptq", "--method", "median", "--data", "{data}"), ("median",)),
     ],
 )
-def test_quantize_bad_inputs(data_root, checkpoint, tmp_path, args, fragments):
+def test_quantize_bad_inputs(tiny_dataset, tiny_checkpoint, tmp_path, args, fragments):
     out = tmp_path / "out"
-    filled = [a.format(missing=tmp_path / "nope", data=data_root) for a in args]
-    result = run_cli("quantize", checkpoint, *filled, "-o", out)
+    filled = [a.format(missing=tmp_path / "nope", data=tiny_dataset) for a in args]
+    result = run_cli("quantize", tiny_checkpoint, *filled, "-o", out)
     assert_one_line_error(result, *fragments)
     assert not out.exists()
 
 
-def test_quantize_missing_model(data_root, tmp_path):
-    result = run_cli("quantize", tmp_path / "nope.safetensors", "--ptq", "--data", data_root, "-o", tmp_path / "o")
+def test_quantize_missing_model(tiny_dataset, tmp_path):
+    result = run_cli("quantize", tmp_path / "nope.safetensors", "--ptq", "--data", tiny_dataset, "-o", tmp_path / "o")
     assert_one_line_error(result, "no such checkpoint")
     assert not (tmp_path / "o").exists()

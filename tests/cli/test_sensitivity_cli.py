@@ -5,32 +5,15 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 from conftest import assert_one_line_error, run_cli
-
-from yolodeploy.core.data.synth import synthesize_dataset
-from yolodeploy.core.init import randomize_for_verification_
-from yolodeploy.models import create_model, save_checkpoint
 
 pytestmark = pytest.mark.usefixtures("single_thread_torch")
 
 
-@pytest.fixture(scope="module")
-def data_root(tmp_path_factory):
-    return synthesize_dataset(tmp_path_factory.mktemp("senscli") / "ds", images=12, classes=2, img_size=64, seed=0).root
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    torch.manual_seed(0)
-    model = randomize_for_verification_(create_model("yolov6n", num_classes=2), 0).eval()
-    return save_checkpoint(model, tmp_path_factory.mktemp("senscli_ckpt") / "n.safetensors")
-
-
-def test_sensitivity_all_metrics_end_to_end(data_root, checkpoint, tmp_path):
+def test_sensitivity_all_metrics_end_to_end(tiny_dataset, tiny_checkpoint, tmp_path):
     out_json, out_png = tmp_path / "sens.json", tmp_path / "sens.png"
     result = run_cli(
-        "sensitivity", checkpoint, "--data", data_root, "--img", 64, "--images", 4, "--metric", "all",
+        "sensitivity", tiny_checkpoint, "--data", tiny_dataset, "--img", 64, "--images", 4, "--metric", "all",
         "--ap-images", 2, "--ap-top", 2, "--top", 5, "--json", out_json, "--plot", out_png,
     )  # fmt: skip
     assert result.exit_code == 0, result.output
@@ -44,8 +27,8 @@ def test_sensitivity_all_metrics_end_to_end(data_root, checkpoint, tmp_path):
     assert out_png.read_bytes()[:4] == b"\x89PNG"
 
 
-def test_sensitivity_one_off_registry_model(data_root):
-    result = run_cli("sensitivity", "yolov6n", "--data", data_root, "--img", 64, "--images", 1, "--mode", "one-off",
+def test_sensitivity_one_off_registry_model(tiny_dataset):
+    result = run_cli("sensitivity", "yolov6n", "--data", tiny_dataset, "--img", 64, "--images", 1, "--mode", "one-off",
                      "--metric", "cosine", "--top", 3, "--method", "max")  # fmt: skip
     assert result.exit_code == 0, result.output
     assert "one-off, ranked by cosine" in result.output and len(result.output.splitlines()) == 2 + 3
@@ -61,16 +44,16 @@ def test_sensitivity_one_off_registry_model(data_root):
         (["CKPT", "--method", "kl"], ["unknown calibration method"]),
     ],
 )
-def test_sensitivity_bad_inputs(data_root, checkpoint, tmp_path, args, fragments):
-    args = [checkpoint if a == "CKPT" else a for a in args]
+def test_sensitivity_bad_inputs(tiny_dataset, tiny_checkpoint, tmp_path, args, fragments):
+    args = [tiny_checkpoint if a == "CKPT" else a for a in args]
     out_json, out_png = tmp_path / "s.json", tmp_path / "s.png"
-    common = ["--data", data_root, "--img", 64, "--images", 1, "--json", out_json, "--plot", out_png]
+    common = ["--data", tiny_dataset, "--img", 64, "--images", 1, "--json", out_json, "--plot", out_png]
     result = run_cli("sensitivity", args[0], *common, *args[1:])  # the bad option last: it wins over common's
     assert_one_line_error(result, *fragments)
     assert list(tmp_path.iterdir()) == []
 
 
-def test_sensitivity_missing_data(checkpoint, tmp_path):
-    result = run_cli("sensitivity", checkpoint, "--data", tmp_path / "nope", "--json", tmp_path / "s.json")
+def test_sensitivity_missing_data(tiny_checkpoint, tmp_path):
+    result = run_cli("sensitivity", tiny_checkpoint, "--data", tmp_path / "nope", "--json", tmp_path / "s.json")
     assert_one_line_error(result, "nope", "no such directory")
     assert list(tmp_path.iterdir()) == []

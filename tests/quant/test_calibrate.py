@@ -9,7 +9,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from yolodeploy.core.data.synth import synthesize_dataset
 from yolodeploy.core.init import randomize_for_verification_
 from yolodeploy.core.preprocess import letterbox, load_image, to_tensor_batch
 from yolodeploy.core.reparam import reparameterize_model
@@ -30,15 +29,8 @@ pytestmark = pytest.mark.usefixtures("single_thread_torch")
 
 
 @pytest.fixture(scope="module")
-def dataset(tmp_path_factory):
-    root = tmp_path_factory.mktemp("calib") / "synth"
-    synthesize_dataset(root, images=12, classes=2, img_size=64, seed=0)
-    return root
-
-
-@pytest.fixture(scope="module")
-def images(dataset):
-    return calibration_images(dataset, split="train", count=4)
+def images(tiny_dataset):
+    return calibration_images(tiny_dataset, split="train", count=4)
 
 
 @pytest.fixture(scope="module")
@@ -47,13 +39,15 @@ def model():
     return randomize_for_verification_(create_model("yolov6n", num_classes=2), 0).eval()
 
 
-def test_calibration_images_deterministic_subset(dataset, images):
+def test_calibration_images_deterministic_subset(tiny_dataset, images):
     assert len(images) == 4 and images == sorted(images)
-    assert images == calibration_images(dataset, split="train", count=4)
-    assert calibration_images(dataset, split="train", count=4, seed=1) != images
-    everything = calibration_images(dataset, split="train", count=512)  # fewer than count: all of them
-    assert len(everything) == len(list((dataset / "images" / "train").iterdir()))
-    assert calibration_images(dataset / "images" / "val") == calibration_images(dataset, split="val")  # a folder
+    assert images == calibration_images(tiny_dataset, split="train", count=4)
+    assert calibration_images(tiny_dataset, split="train", count=4, seed=1) != images
+    everything = calibration_images(tiny_dataset, split="train", count=512)  # fewer than count: all of them
+    assert len(everything) == len(list((tiny_dataset / "images" / "train").iterdir()))
+    assert calibration_images(tiny_dataset / "images" / "val") == calibration_images(
+        tiny_dataset, split="val"
+    )  # a folder
 
 
 def test_calibration_images_errors(tmp_path):

@@ -6,12 +6,8 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 
-from yolodeploy.core.data.synth import synthesize_dataset
-from yolodeploy.core.init import randomize_for_verification_
 from yolodeploy.errors import ConfigError
-from yolodeploy.models import create_model, save_checkpoint
 from yolodeploy.models.checkpoint import read_metadata
 from yolodeploy.quant.model import load_quantized
 from yolodeploy.quant.ptq import PTQConfig, run_ptq
@@ -20,25 +16,15 @@ from yolodeploy.quant.report import NOT_MEASURED, report_table, write_report
 pytestmark = pytest.mark.usefixtures("single_thread_torch")
 
 
-@pytest.fixture(scope="module")
-def data_root(tmp_path_factory):
-    return synthesize_dataset(tmp_path_factory.mktemp("ptq") / "ds", images=12, classes=2, img_size=64, seed=0).root
+def _config(tiny_checkpoint, tiny_dataset, out, **kw) -> PTQConfig:
+    return PTQConfig(
+        model=str(tiny_checkpoint), data=str(tiny_dataset), output=str(out), img_size=64, calib_images=4, **kw
+    )
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    torch.manual_seed(0)
-    model = randomize_for_verification_(create_model("yolov6n", num_classes=2), 0).eval()
-    return save_checkpoint(model, tmp_path_factory.mktemp("ptq_ckpt") / "n.safetensors")
-
-
-def _config(checkpoint, data_root, out, **kw) -> PTQConfig:
-    return PTQConfig(model=str(checkpoint), data=str(data_root), output=str(out), img_size=64, calib_images=4, **kw)
-
-
-@pytest.fixture(scope="module")
-def plain(checkpoint, data_root, tmp_path_factory):
-    return run_ptq(_config(checkpoint, data_root, tmp_path_factory.mktemp("ptq_plain")))
+def plain(tiny_checkpoint, tiny_dataset, tmp_path_factory):
+    return run_ptq(_config(tiny_checkpoint, tiny_dataset, tmp_path_factory.mktemp("ptq_plain")))
 
 
 def test_plain_ptq_writes_everything_and_passes_parity(plain):
@@ -57,9 +43,9 @@ def test_plain_ptq_writes_everything_and_passes_parity(plain):
     load_quantized(plain.files["int8_checkpoint"])  # round-trips
 
 
-def test_sensitive_topk_keeps_two_layers_float_and_reuses_the_cache(plain, checkpoint, data_root, tmp_path):
+def test_sensitive_topk_keeps_two_layers_float_and_reuses_the_cache(plain, tiny_checkpoint, tiny_dataset, tmp_path):
     cache = str(Path(plain.files["fp32_onnx"]).parent / "calib_cache")
-    result = run_ptq(_config(checkpoint, data_root, tmp_path, sensitive_topk=2, cache_dir=cache))
+    result = run_ptq(_config(tiny_checkpoint, tiny_dataset, tmp_path, sensitive_topk=2, cache_dir=cache))
     assert result.cached and "reused" in result.calibration["note"]
     assert len(result.float_layers) == 2 and set(result.rows) == {"fp32", "ptq", "ptq_top2"}
     meta = read_metadata(result.files["int8_checkpoint"])["user"]
@@ -71,15 +57,15 @@ def test_sensitive_topk_keeps_two_layers_float_and_reuses_the_cache(plain, check
     assert all(p["ok"] for p in result.parity.values()) and len(result.parity) == 4
 
 
-def test_bad_configs_raise_before_writing(checkpoint, data_root, tmp_path):
+def test_bad_configs_raise_before_writing(tiny_checkpoint, tiny_dataset, tmp_path):
     with pytest.raises(ConfigError, match="sensitive_topk"):
-        _config(checkpoint, data_root, tmp_path / "a", sensitive_topk=-1)
+        _config(tiny_checkpoint, tiny_dataset, tmp_path / "a", sensitive_topk=-1)
     with pytest.raises(ConfigError, match="larger than"):
-        run_ptq(_config(checkpoint, data_root, tmp_path / "b", sensitive_topk=10_000))
+        run_ptq(_config(tiny_checkpoint, tiny_dataset, tmp_path / "b", sensitive_topk=10_000))
     with pytest.raises(ConfigError, match="no such checkpoint"):
-        run_ptq(_config(tmp_path / "missing.safetensors", data_root, tmp_path / "c"))
+        run_ptq(_config(tmp_path / "missing.safetensors", tiny_dataset, tmp_path / "c"))
     assert not any((tmp_path / name).exists() for name in "abc")
-    config = _config(checkpoint, data_root, tmp_path)
+    config = _config(tiny_checkpoint, tiny_dataset, tmp_path)
     assert PTQConfig.from_dict(config.to_dict()) == config
 
 
@@ -93,9 +79,11 @@ def test_report_fills_only_measured_cells(tmp_path):
     assert md.read_text().startswith("# Quantization report") and json.loads(js.read_text()) == results
 
 
-def test_max_ap_drop_records_each_greedy_step(plain, checkpoint, data_root, tmp_path):
+def test_max_ap_drop_records_each_greedy_step(plain, tiny_checkpoint, tiny_dataset, tmp_path):
     cache = str(Path(plain.files["fp32_onnx"]).parent / "calib_cache")
-    result = run_ptq(_config(checkpoint, data_root, tmp_path, sensitive_topk=1, max_ap_drop=0.0, cache_dir=cache))
+    result = run_ptq(
+        _config(tiny_checkpoint, tiny_dataset, tmp_path, sensitive_topk=1, max_ap_drop=0.0, cache_dir=cache)
+    )
     assert result.greedy and result.greedy[0]["float_layers"] == 1
     assert [step["float_layers"] for step in result.greedy] == list(range(1, len(result.greedy) + 1))
     assert result.greedy[-1]["ap_drop"] <= 0.0 and len(result.float_layers) == result.greedy[-1]["float_layers"]

@@ -7,7 +7,6 @@ import copy
 import pytest
 import torch
 
-from yolodeploy.core.data.synth import synthesize_dataset
 from yolodeploy.core.data.train_dataset import train_collate
 from yolodeploy.core.init import randomize_for_verification_
 from yolodeploy.core.reparam import reparameterize_model
@@ -22,15 +21,8 @@ pytestmark = pytest.mark.usefixtures("single_thread_torch")
 
 
 @pytest.fixture(scope="module")
-def dataset(tmp_path_factory):
-    root = tmp_path_factory.mktemp("qat") / "synth"
-    synthesize_dataset(root, images=12, classes=2, img_size=64, seed=0)
-    return root
-
-
-@pytest.fixture(scope="module")
-def batch(dataset):
-    train = _train_dataset(dataset, QATConfig(img_size=64, augment={"mosaic": 0.0}))
+def batch(tiny_dataset):
+    train = _train_dataset(tiny_dataset, QATConfig(img_size=64, augment={"mosaic": 0.0}))
     return train_collate([train[i] for i in range(4)])
 
 
@@ -104,7 +96,7 @@ def test_distillation_weight_decays(models, batch):
 
 
 @pytest.mark.parametrize("distill", ["cwd", "mse"])
-def test_run_qat_end_to_end(models, dataset, tmp_path, distill):
+def test_run_qat_end_to_end(models, tiny_dataset, tmp_path, distill):
     teacher, qmodel = models
     amax = {k: v.clone() for k, v in qmodel.state_dict().items() if k.endswith("amax")}
     weights = {k: v.clone() for k, v in qmodel.state_dict().items() if k.endswith("conv.weight")}
@@ -117,7 +109,7 @@ def test_run_qat_end_to_end(models, dataset, tmp_path, distill):
         return next(aps)
 
     config = QATConfig(epochs=2, lr=1e-3, batch_size=4, img_size=64, distill=distill)
-    result = run_qat(qmodel, teacher, dataset, config, eval_fn=eval_fn, progress=False)
+    result = run_qat(qmodel, teacher, tiny_dataset, config, eval_fn=eval_fn, progress=False)
     assert [r["epoch"] for r in result.history] == [1, 2] and result.best_ap == 0.5 and result.best_epoch == 1
     assert {"kd_cls", "cwd", "det"} <= set(result.history[0]) if distill == "cwd" else "mse" in result.history[0]
     state = result.model.state_dict()
@@ -132,11 +124,11 @@ def test_run_qat_end_to_end(models, dataset, tmp_path, distill):
         torch.testing.assert_close(load_quantized(path)(images), result.model(images), atol=0, rtol=0)
 
 
-def test_yolov9_family_mse_step(dataset):
+def test_yolov9_family_mse_step(tiny_dataset):
     teacher, qmodel = _float_and_quantized("gelan_t")
     before = {k: v.clone() for k, v in qmodel.state_dict().items() if k.endswith("conv.weight")}
     config = QATConfig(epochs=1, lr=1e-3, batch_size=8, img_size=64, distill="mse")
-    train = torch.utils.data.Subset(_train_dataset(dataset, config), range(2))
+    train = torch.utils.data.Subset(_train_dataset(tiny_dataset, config), range(2))
     result = run_qat(qmodel, teacher, train, config, progress=False)
     assert result.history[0]["mse"] > 0 and result.best_ap is None
     assert any(not torch.equal(qmodel.state_dict()[k], v) for k, v in before.items())
