@@ -406,3 +406,39 @@ def to_uint8_activations(model: onnx.ModelProto) -> onnx.ModelProto:
             node.inputs[2] = constant
         q.outputs[0].dtype = np.uint8
     return _export(graph, model)
+
+
+def _quantize_constant(values: np.ndarray, q: gs.Node) -> np.ndarray:
+    """``QuantizeLinear`` of a constant, as ONNX defines it (round half to even, saturate), along the Q's axis."""
+    scale, zero_point = scale_of(q), zero_point_of(q)
+    axis = int(q.attrs.get("axis", 1))
+    if scale.ndim == 1 and values.ndim > 1:
+        shape = [1] * values.ndim
+        shape[axis] = -1
+        scale, zero_point = scale.reshape(shape), zero_point.reshape(shape)
+    info = np.iinfo(zero_point.dtype)
+    quantized = np.rint(values.astype(np.float32) / scale.astype(np.float32)) + zero_point.astype(np.int32)
+    return np.clip(quantized, info.min, info.max).astype(zero_point.dtype)
+
+
+def fold_weight_quantizers(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Replace every ``QuantizeLinear`` of a constant (the weights) by its integer result, stored as an initializer.
+
+    Exported fake-quant keeps the float weights behind a run-time Q; ONNX Runtime then cannot form integer kernels
+    (QLinearConv / int8 weights) and the Q/DQ graph runs slower than FP32. After this pass a weight is an int8
+    initializer feeding its DQ, the layout ORT's own ``quantize_static`` writes and TensorRT also accepts. Exact:
+    the DQ outputs are unchanged.
+
+    Example:
+        >>> fast = fold_weight_quantizers(onnx.load("model_qdq.onnx"))
+    """
+    graph = _import(model)
+    for q in [node for node in graph.nodes if node.op == "QuantizeLinear" and not is_activation_q(node)]:
+        values = const_value(q.inputs[0])
+        if values is None or scale_of(q) is None or zero_point_of(q) is None:
+            continue
+        constant = _new_constant(graph, f"{q.outputs[0].name}_folded", _quantize_constant(values, q))
+        for consumer in list(q.outputs[0].outputs):
+            _replace_input(consumer, q.outputs[0], constant)
+        q.outputs.clear()
+    return _export(graph, model)

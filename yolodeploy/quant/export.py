@@ -42,7 +42,12 @@ from ..deploy.export import INPUT_NAME, Exporter, name_io_dims, torch_to_onnx, w
 from ..deploy.nms import RAW_OUTPUT_NAME
 from ..deploy.onnx_utils import check_opset
 from ..deploy.qdq_check import Violation, check_trt_qdq_rules
-from ..deploy.qdq_passes import eliminate_redundant_qdq, tie_scales_report, to_uint8_activations
+from ..deploy.qdq_passes import (
+    eliminate_redundant_qdq,
+    fold_weight_quantizers,
+    tie_scales_report,
+    to_uint8_activations,
+)
 from ..errors import ConfigError, ExportError
 from ..utils.choices import Choice
 from ..utils.io import atomic_path
@@ -144,7 +149,7 @@ def build_qdq_graph(
     proto = _trace(qmodel, size, opset, dynamic_batch)
     exported = count_qdq_nodes(proto)
     proto, tie_report = tie_scales_report(proto)
-    proto = eliminate_redundant_qdq(proto)
+    proto = fold_weight_quantizers(eliminate_redundant_qdq(proto))
     if flavour is QdqFlavour.ORT:
         proto = to_uint8_activations(proto)
     check_opset(proto, opset)
