@@ -12,6 +12,7 @@ from onnx import TensorProto, helper, numpy_helper
 from yolodeploy.deploy.qdq_check import RULES, Violation, check_trt_qdq_rules
 from yolodeploy.deploy.qdq_passes import (
     eliminate_redundant_qdq,
+    fold_weight_quantizers,
     tie_scales,
     tie_scales_report,
     to_uint8_activations,
@@ -321,3 +322,8 @@ def test_passes_on_torch_fake_quant_export(tmp_path):
     assert kinds == {"uint8": 7, "int8": 4}  # activations rewritten, the 4 per-channel weights untouched
     inputs = {model.graph.input[0].name: RNG.normal(size=SHAPE).astype(np.float32) * 3}
     np.testing.assert_array_equal(run(result, inputs)[0], run(u8, inputs)[0])
+    folded = pure(fold_weight_quantizers, u8)
+    assert ops(u8)["QuantizeLinear"] - ops(folded)["QuantizeLinear"] == 4  # the weight Qs became int8 initializers
+    assert all(constants(folded).get(n.input[0]) is None for n in folded.graph.node if n.op_type == "QuantizeLinear")
+    assert sum(t.data_type == onnx.TensorProto.INT8 and t.dims[0] == 2 for t in folded.graph.initializer) >= 4
+    np.testing.assert_array_equal(run(u8, inputs)[0], run(folded, inputs)[0])
