@@ -84,24 +84,41 @@ def _build_metadata(model: nn.Module, meta: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
-    """The JSON metadata of a yolodeploy checkpoint, validated (no tensor is read)."""
+def read_json_metadata(path: str | os.PathLike, key: str, *, missing: str, corrupt: str) -> tuple[Path, dict[str, Any]]:
+    """``(path, document)``: the JSON document stored under ``key`` in a safetensors header (no tensor is read).
+
+    ``missing`` and ``corrupt`` complete the one-line CheckpointError messages (``corrupt`` gets the parse error
+    in ``{exc}``). Used by checkpoints and by other yolodeploy safetensors files (RepOpt scales).
+    """
     path = _existing_file(path)
     header = _read_safetensors_header(path)
-    raw = (header.get("__metadata__") or {}).get(_META_KEY)
+    raw = (header.get("__metadata__") or {}).get(key)
     if raw is None:
-        raise CheckpointError(
-            f"{path}: a safetensors file without yolodeploy metadata; it was not written by "
-            "save_checkpoint (import plain weights with create_model(...).load_state_dict)"
-        )
+        raise CheckpointError(f"{path}: {missing}")
     try:
-        meta = json.loads(raw)
+        return path, json.loads(raw)
     except json.JSONDecodeError as exc:
-        raise CheckpointError(f"{path}: corrupt yolodeploy metadata ({exc})") from None
+        raise CheckpointError(f"{path}: {corrupt.format(exc=exc)}") from None
+
+
+def check_format_version(path: Path, meta: dict[str, Any], supported: int) -> None:
+    """CheckpointError if ``meta`` was written by a newer yolodeploy than this one reads."""
+    if meta.get("format_version", 0) > supported:
+        raise CheckpointError(f"{path}: written by a newer yolodeploy (format {meta['format_version']}); upgrade")
+
+
+def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
+    """The JSON metadata of a yolodeploy checkpoint, validated (no tensor is read)."""
+    path, meta = read_json_metadata(
+        path,
+        _META_KEY,
+        missing="a safetensors file without yolodeploy metadata; it was not written by save_checkpoint (import "
+        "plain weights with create_model(...).load_state_dict)",
+        corrupt="corrupt yolodeploy metadata ({exc})",
+    )
     if meta.get("format") != FORMAT_NAME or not isinstance(meta.get("config"), dict):
         raise CheckpointError(f"{path}: metadata is not a {FORMAT_NAME} document")
-    if meta.get("format_version", 0) > FORMAT_VERSION:
-        raise CheckpointError(f"{path}: written by a newer yolodeploy (format {meta['format_version']}); upgrade")
+    check_format_version(path, meta, FORMAT_VERSION)
     return meta
 
 

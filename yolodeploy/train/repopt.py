@@ -144,24 +144,18 @@ def load_scales(path: str | os.PathLike) -> RepOptScales:
     Example:
         >>> scales = load_scales("yolov6n_scales.safetensors")
     """
-    from ..models.checkpoint import _existing_file, _read_safetensors_header, _read_tensors
+    from ..models.checkpoint import _read_tensors, check_format_version, read_json_metadata
 
-    path = _existing_file(path)
-    header = _read_safetensors_header(path)
-    raw = (header.get("__metadata__") or {}).get(_META_KEY)
-    if raw is None:
-        raise CheckpointError(
-            f"{path}: not a RepOpt scales file (no {_META_KEY} metadata); write one with "
-            "'yolodeploy repopt-scales HS_CHECKPOINT -o FILE'"
-        )
-    try:
-        meta = json.loads(raw)
-    except json.JSONDecodeError as exc:
-        raise CheckpointError(f"{path}: corrupt RepOpt scales metadata ({exc}); re-create the file") from None
+    path, meta = read_json_metadata(
+        path,
+        _META_KEY,
+        missing=f"not a RepOpt scales file (no {_META_KEY} metadata); write one with "
+        "'yolodeploy repopt-scales HS_CHECKPOINT -o FILE'",
+        corrupt="corrupt RepOpt scales metadata ({exc}); re-create the file",
+    )
     if not isinstance(meta, dict) or meta.get("format") != SCALES_FORMAT or not isinstance(meta.get("blocks"), dict):
         raise CheckpointError(f"{path}: metadata is not a {SCALES_FORMAT} document; re-create the file")
-    if meta.get("format_version", 0) > SCALES_FORMAT_VERSION:
-        raise CheckpointError(f"{path}: written by a newer yolodeploy (format {meta['format_version']}); upgrade")
+    check_format_version(path, meta, SCALES_FORMAT_VERSION)
     tensors = _read_tensors(path, "cpu")
     scales = RepOptScales(arch=meta.get("arch"))
     for name, count in meta["blocks"].items():
