@@ -34,7 +34,7 @@ def test_quantize_ptq_end_to_end(tiny_dataset, tiny_checkpoint, tmp_path):
     [
         (("--ptq", "--data", "{missing}"), ("no such dataset",)),
         (("--data", "{data}"), ("--ptq",)),
-        (("--ptq", "--qat", "--data", "{data}"), ("QAT from the CLI is not wired yet",)),
+        (("--ptq", "--qat", "--epochs", "0", "--data", "{data}"), ("epochs",)),
         (("--ptq", "--sensitive-topk", "-1", "--data", "{data}"), ("sensitive_topk must be >= 0",)),
         (("--ptq", "--img", "60", "--data", "{data}"), ("multiple of 32",)),
         (("--ptq", "--method", "median", "--data", "{data}"), ("median",)),

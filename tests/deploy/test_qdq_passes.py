@@ -13,6 +13,8 @@ from yolodeploy.deploy.qdq_check import RULES, Violation, check_trt_qdq_rules
 from yolodeploy.deploy.qdq_passes import (
     eliminate_redundant_qdq,
     fold_weight_quantizers,
+    merge_duplicate_quantizers,
+    quantize_pass_through_inputs,
     tie_scales,
     tie_scales_report,
     to_uint8_activations,
@@ -327,3 +329,151 @@ def test_passes_on_torch_fake_quant_export(tmp_path):
     assert all(constants(folded).get(n.input[0]) is None for n in folded.graph.node if n.op_type == "QuantizeLinear")
     assert sum(t.data_type == onnx.TensorProto.INT8 and t.dims[0] == 2 for t in folded.graph.initializer) >= 4
     np.testing.assert_array_equal(run(u8, inputs)[0], run(folded, inputs)[0])
+
+
+# ------------------------------------------------------------------------------------- ORT flavour passes
+def optimized_ops(model: onnx.ModelProto, tmp_path) -> Counter:
+    """Op counts of the graph ONNX Runtime runs after all its optimizations (saved via optimized_model_filepath)."""
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    return ops(onnx.load(str(tmp_path / "optimized.onnx")))
+
+
+def act_zero_points(model: onnx.ModelProto) -> Counter:
+    """(dtype, value) of the zero point of every per-tensor Q/DQ."""
+    values = constants(model)
+    return Counter(
+        (values[n.input[2]].dtype.name, int(values[n.input[2]].reshape(-1)[0]))
+        for n in model.graph.node
+        if n.op_type in ("QuantizeLinear", "DequantizeLinear") and values[n.input[1]].size == 1
+    )
+
+
+U8 = {"dtype": np.uint8}
+
+
+def test_merge_duplicate_quantizers():
+    g = GraphBuilder()
+    outs = [g.conv(g.qdq("x1", 0.02)), g.conv(g.qdq("x1", 0.02))]  # the duplicate pair
+    outs += [g.conv(g.qdq("x1", 0.03)), g.conv(g.qdq("x1", 0.02, **U8))]  # other scale / other type: kept
+    model = g.model(["x1"], outs)
+    merged = pure(merge_duplicate_quantizers, model)
+    assert ops(model)["QuantizeLinear"] - ops(merged)["QuantizeLinear"] == 1
+    assert ops(model)["DequantizeLinear"] - ops(merged)["DequantizeLinear"] == 1
+    q_only = merge_duplicate_quantizers(model, dequantizers=False)
+    assert ops(model)["QuantizeLinear"] - ops(q_only)["QuantizeLinear"] == 1
+    assert ops(q_only)["DequantizeLinear"] == ops(model)["DequantizeLinear"]
+    assert ops(merge_duplicate_quantizers(merged)) == ops(merged)  # idempotent
+    inputs = feed("x1", spread=3.0)
+    for before, after, after_q in zip(run(model, inputs), run(merged, inputs), run(q_only, inputs)):
+        np.testing.assert_array_equal(before, after)
+        np.testing.assert_array_equal(before, after_q)
+
+
+def sppf_model(fold: bool = True) -> onnx.ModelProto:
+    """Conv -> Relu -> {MaxPool -> MaxPool, Concat} -> Q -> DQ -> Conv, plus a second (duplicate-Q) user of the
+    Relu; uint8 zero point 0 after the Relu, int8 Q/DQ on the conv outputs (the ORT flavour's layout)."""
+    g = GraphBuilder()
+    relu = g.node("Relu", [g.conv(g.qdq("x1", 0.03, **U8))])
+    pool1 = g.node("MaxPool", [relu], kernel_shape=[3, 3], pads=[1, 1, 1, 1])
+    pool2 = g.node("MaxPool", [pool1], kernel_shape=[3, 3], pads=[1, 1, 1, 1])
+    cat = g.node("Concat", [relu, pool1, pool2], axis=1)
+    head = g.qdq(g.node("Conv", [g.qdq(cat, 0.05, **U8), g.weight(in_channels=6)], pads=[1] * 4), 0.2)
+    side = g.qdq(g.conv(g.qdq(relu, 0.05, **U8)), 0.2)
+    model = g.model(["x1"], [g.node("Sigmoid", [head]), g.node("Sigmoid", [side])])
+    return fold_weight_quantizers(model) if fold else model
+
+
+def test_quantize_pass_through_inputs_sppf(tmp_path):
+    model = sppf_model()
+    result = pure(quantize_pass_through_inputs, model)
+    # new Q/DQ on the two MaxPool outputs; the Relu's Q is shared by its Concat, MaxPool and Conv uses
+    assert ops(result)["QuantizeLinear"] - ops(model)["QuantizeLinear"] == 2
+    assert ops(result)["DequantizeLinear"] - ops(model)["DequantizeLinear"] == 2
+    relu = next(n for n in result.graph.node if n.op_type == "Relu")
+    assert [n.op_type for n in result.graph.node if relu.output[0] in n.input] == ["QuantizeLinear"]
+    assert ops(quantize_pass_through_inputs(result)) == ops(result)  # idempotent
+    for spread in (0.5, 3.0):
+        inputs = feed("x1", spread=spread)
+        for before, after in zip(run(model, inputs), run(result, inputs)):
+            np.testing.assert_array_equal(before, after)
+    before, after = optimized_ops(model, tmp_path), optimized_ops(result, tmp_path)
+    assert before["QLinearConv"] < 3
+    assert after["QLinearConv"] == 3 and after["Conv"] + after["FusedConv"] + after["Relu"] == 0, after
+
+
+def test_quantize_pass_through_inputs_leaves_float_uses_and_linear_resize():
+    g = GraphBuilder()
+    pooled = g.node("MaxPool", ["x1"], kernel_shape=[2, 2])
+    scales = g.const(np.array([1, 1, 2, 2], np.float32))
+    linear = g.qdq(g.node("Resize", [pooled, "", scales], mode="linear"), 0.02)  # interpolates: not moved
+    used_as_float = g.node("Sigmoid", [pooled])  # the MaxPool output also has a float use: not moved
+    model = g.model(["x1"], [g.conv(linear), used_as_float])
+    assert ops(quantize_pass_through_inputs(model)) == ops(model)
+    g = GraphBuilder()
+    nearest = g.node("Resize", ["x1", "", g.const(np.array([1, 1, 2, 2], np.float32))], mode="nearest")
+    transposed = g.qdq(g.node("Transpose", [nearest], perm=[0, 1, 3, 2]), 0.02)
+    model = g.model(["x1"], [g.conv(transposed)])
+    result = quantize_pass_through_inputs(model)
+    assert ops(result)["QuantizeLinear"] - ops(model)["QuantizeLinear"] == 2  # before the Transpose and Resize
+    inputs = feed("x1", spread=3.0)
+    np.testing.assert_array_equal(run(model, inputs)[0], run(result, inputs)[0])
+
+
+def test_eliminate_keeps_conv_output_pairs_when_asked():
+    g = GraphBuilder()
+    score = g.node("Sigmoid", [g.qdq(g.conv(g.qdq("x1", 0.02)), 0.05)])  # DQ -> Conv -> Q: kept if asked
+    float_conv = g.node("Sigmoid", [g.qdq(g.conv("x1", quantized=False), 0.05)])  # float conv: removed anyway
+    model = g.model(["x1"], [score, float_conv])
+    default = eliminate_redundant_qdq(model)
+    kept = pure(lambda m: eliminate_redundant_qdq(m, keep_conv_outputs=True), model)
+    assert ops(model)["QuantizeLinear"] - ops(default)["QuantizeLinear"] == 2
+    assert ops(model)["QuantizeLinear"] - ops(kept)["QuantizeLinear"] == 1
+    inputs = feed("x1")
+    np.testing.assert_array_equal(run(model, inputs)[0], run(kept, inputs)[0])
+
+
+def test_to_uint8_leaves_uint8_activations_alone():
+    g = GraphBuilder()
+    relu = g.node("Relu", ["x1"])
+    model = g.model(["x1"], [g.conv(g.qdq(relu, 0.02, **U8)), g.conv(g.qdq("x1", 0.02))])
+    assert act_zero_points(model) == {("uint8", 0): 2, ("int8", 0): 2}
+    u8 = pure(to_uint8_activations, model)
+    assert act_zero_points(u8) == {("uint8", 0): 2, ("uint8", 128): 2}
+    assert act_zero_points(to_uint8_activations(u8)) == act_zero_points(u8)
+    inputs = feed("x1", spread=3.0)
+    for before, after in zip(run(model, inputs), run(u8, inputs)):
+        np.testing.assert_array_equal(before, after)
+
+
+def test_tie_scales_skips_mixed_zero_point_types_and_ties_uint8():
+    g = GraphBuilder()
+    mixed = g.node("Concat", [g.qdq("x1", 0.01), g.qdq(g.node("Relu", ["x2"]), 0.02, **U8)], axis=1)
+    model = g.model(["x1", "x2"], [g.conv(g.qdq(mixed, 0.03), in_channels=4)])
+    tied, report = pure(tie_scales_report, model)
+    assert report.num_groups == 0 and len(report.skipped) == 1 and len(report.skipped[0]) == 3
+    assert act_q_scales(tied) == act_q_scales(model)
+    g = GraphBuilder()
+    relus = [g.node("Relu", [name]) for name in ("x1", "x2")]
+    cat = g.node("Concat", [g.qdq(relus[0], 0.01, **U8), g.qdq(relus[1], 0.02, **U8)], axis=1)
+    model = g.model(["x1", "x2"], [g.conv(g.qdq(cat, 0.03, **U8), in_channels=4)])
+    tied, report = tie_scales_report(model)
+    assert report.num_groups == 1 and report.num_changed == 2 and not report.skipped
+    assert sorted(act_q_scales(tied).values()) == pytest.approx([0.03] * 3)
+    assert act_zero_points(tied) == act_zero_points(model)
+
+
+def test_quantize_pass_through_inputs_gives_relu_inputs_uint8(tmp_path):
+    g = GraphBuilder()
+    relu = g.node("Relu", [g.conv(g.qdq("x1", 0.03, **U8))])
+    cat = g.node("Concat", [relu, "x2"], axis=1)  # x2 can be negative: the Concat's Q is signed int8
+    model = fold_weight_quantizers(g.model(["x1", "x2"], [g.conv(g.qdq(cat, 0.05), in_channels=4)]))
+    result = pure(quantize_pass_through_inputs, model)
+    added = act_zero_points(result) - act_zero_points(model)
+    assert added == {("uint8", 0): 2, ("int8", 0): 2}  # Relu input: same scale, uint8 zero point 0
+    for spread in (0.5, 30.0):  # 30: codes beyond 127, where uint8 and int8 clamp differently
+        inputs = feed("x1", "x2", spread=spread)
+        np.testing.assert_array_equal(run(model, inputs)[0], run(result, inputs)[0])
+    assert optimized_ops(to_uint8_activations(result), tmp_path)["QLinearConv"] == 1  # the Relu conv is int8

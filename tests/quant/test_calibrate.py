@@ -15,13 +15,16 @@ from yolodeploy.core.reparam import reparameterize_model
 from yolodeploy.errors import CalibrationError, ConfigError
 from yolodeploy.models import create_model
 from yolodeploy.quant.calibrate import (
+    ACTIVATION_SCHEME,
     PREPROCESSING,
     CalibrationManifest,
+    activation_quantizers,
     calibrate,
     calibrate_cached,
     calibration_batches,
     calibration_images,
     model_hash,
+    unsigned_keys,
 )
 from yolodeploy.quant.model import quant_layers, quantize_model
 
@@ -69,8 +72,14 @@ def test_calibration_batches_are_the_inference_preprocessing(images):
 def test_calibrate_each_method(model, images, method):
     qmodel = quantize_model(model)
     amax = calibrate(qmodel, calibration_batches(images, 64, batch=4), method=method)
-    assert list(amax) == list(quant_layers(qmodel)) and all(v > 0 for v in amax.values())
-    assert all(m.input_quantizer.state.value == "enabled" for m in quant_layers(qmodel).values())
+    layers = quant_layers(qmodel)
+    outputs = [f"{name}:output" for name, layer in layers.items() if layer.quantize_output]
+    assert list(amax) == list(activation_quantizers(qmodel)) and set(amax) == set(layers) | set(outputs)
+    assert len(outputs) == 9 and all(v > 0 for v in amax.values())
+    assert all(q.state.value == "enabled" for q in activation_quantizers(qmodel).values())
+    # the image and every post-ReLU tensor are non-negative: unsigned; the head's SiLU inputs are not
+    unsigned = unsigned_keys(qmodel)
+    assert "backbone.stem.rbr_reparam" in unsigned and not set(outputs) & set(unsigned)
     batch = next(calibration_batches(images, 64, batch=4))
     with torch.no_grad():
         ref, test = reparameterize_model(model)(batch), qmodel(batch)
@@ -101,11 +110,13 @@ def test_calibrate_cached_reuses_identical_manifest(model, images, tmp_path):
     assert not result.cached and counter.calls == 1 and result.cache_path.exists()
     stored = json.loads(result.cache_path.read_text())
     assert stored["amax"] == result.amax and stored["manifest"]["count"] == 4
+    assert stored["unsigned"] == result.unsigned == unsigned_keys(first) and result.unsigned
     assert stored["manifest"]["preprocessing"] == PREPROCESSING and result.cache_path.stem == result.manifest.sha256()
     second = quantize_model(model)
     counter = _Counter(second)
     again = calibrate_cached(second, images, tmp_path, img_size=64, batch=4, method="max")
     assert again.cached and counter.calls == 0 and "reused" in again.note and again.amax == result.amax
+    assert again.unsigned == result.unsigned and unsigned_keys(second) == result.unsigned
     batch = torch.rand(1, 3, 64, 64)
     with torch.no_grad():
         assert torch.equal(first(batch), second(batch))
@@ -144,6 +155,18 @@ def test_corrupt_or_mismatched_cache_is_recomputed(model, images, tmp_path):
     assert not again.cached and "unreadable" in again.note and again.amax == result.amax
 
 
+def test_cache_without_unsigned_flags_is_recalibrated(model, images, tmp_path):
+    result = calibrate_cached(quantize_model(model), images, tmp_path, img_size=64, method="max")
+    stored = json.loads(result.cache_path.read_text())
+    del stored["unsigned"]  # the format before unsigned activations: the flags cannot be restored
+    result.cache_path.write_text(json.dumps(stored))
+    qmodel = quantize_model(model)
+    counter = _Counter(qmodel)
+    again = calibrate_cached(qmodel, images, tmp_path, img_size=64, method="max")
+    assert not again.cached and counter.calls > 0 and again.note.startswith("recalibrated")
+    assert again.unsigned == result.unsigned and json.loads(again.cache_path.read_text())["unsigned"] == result.unsigned
+
+
 def test_manifest_tracks_weights_and_layers(model, images):
     kwargs = dict(img_size=64, batch=8, method="entropy", percentile=99.99)
     plain = CalibrationManifest.build(quantize_model(model), images, **kwargs)
@@ -154,4 +177,9 @@ def test_manifest_tracks_weights_and_layers(model, images):
     moved = CalibrationManifest.build(changed, images, **kwargs)
     assert len({plain.sha256(), partial.sha256(), moved.sha256()}) == 3
     assert plain.model_hash == partial.model_hash == model_hash(reparameterize_model(model)) != moved.model_hash
-    assert plain.to_dict()["settings"] == {"num_bits": 8, "num_bins": 2048}
+    calibrated = quantize_model(model)
+    calibrate(calibrated, [torch.rand(1, 3, 64, 64)], method="max")  # amax and unsigned flags are not the model
+    assert unsigned_keys(calibrated) and model_hash(calibrated) == plain.model_hash
+    assert plain.to_dict()["settings"] == {"num_bits": 8, "num_bins": 2048, "activations": ACTIVATION_SCHEME}
+    assert list(plain.quant_layers) == list(activation_quantizers(quantize_model(model)))
+    assert "detect.stems.0.block.conv:output" in plain.quant_layers

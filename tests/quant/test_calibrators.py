@@ -140,3 +140,20 @@ def test_compute_amax_dispatch_and_per_channel_amax():
     weight = torch.tensor([[[[1.0, -3.0]]], [[[0.5, 0.25]]], [[[0.0, 0.0]]]])
     assert per_channel_amax(weight).tolist() == [3.0, 0.5, 0.0]
     assert per_channel_amax(weight, axis=3).tolist() == [1.0, 3.0]
+
+
+@pytest.mark.parametrize("num_bits", [4, 6])
+def test_unsigned_search_is_the_signed_search_with_one_more_bit(num_bits):
+    # unsigned b bits has 2**b - 1 steps on 0..amax, exactly the magnitudes of signed b + 1 bits
+    data = torch.randn(50_000, generator=torch.Generator().manual_seed(2)).relu()
+    hist = _histogram(data)
+    assert entropy_amax(hist, num_bits, unsigned=True) == entropy_amax(hist, num_bits + 1)
+    assert mse_amax(hist, num_bits, unsigned=True) == mse_amax(hist, num_bits + 1)
+    assert compute_amax(hist, "mse", num_bits=num_bits, unsigned=True) == mse_amax(hist, num_bits + 1)
+
+
+def test_unsigned_mse_clips_less(gaussian):
+    # twice the levels make rounding cheaper relative to clipping, so the optimum moves out (|N(0,1)|: 3.97 -> 4.23)
+    hist = _histogram(gaussian.abs())
+    signed, unsigned = mse_amax(hist), mse_amax(hist, unsigned=True)
+    assert unsigned > signed and unsigned <= hist.amax

@@ -18,9 +18,11 @@ from yolodeploy.quant.model import (
     disable_all,
     enable_all,
     float_layers,
+    for_flavour,
     load_quantized,
     quant_layers,
     quantize_model,
+    relu_fed_convs,
     save_quantized,
     set_layer_enabled,
 )
@@ -101,6 +103,8 @@ def test_save_load_quantized_round_trip(yolov6n, sample, tmp_path):
     path = save_quantized(qmodel, tmp_path / "q.safetensors", calibration={"method": "percentile"})
     loaded = load_quantized(path)
     assert loaded.form == "quantized" and list(quant_layers(loaded)) == list(quant_layers(qmodel))
+    assert _signature(loaded) == _signature(qmodel) and any(unsigned for unsigned, _ in _signature(qmodel).values())
+    assert any(output for _, output in _signature(qmodel).values())
     assert float_layers(loaded) == float_layers(qmodel)
     with torch.no_grad():
         assert torch.equal(loaded(sample), qmodel(sample))
@@ -116,3 +120,66 @@ def test_load_quantized_refuses_float_checkpoints_and_save_needs_calibration(yol
         load_quantized(path)
     with pytest.raises(ConfigError, match="not calibrated"):
         save_quantized(quantize_model(yolov6n), tmp_path / "q.safetensors")
+
+
+def _signature(qmodel: nn.Module) -> dict[str, tuple[bool, bool]]:
+    """Per layer: (input quantizer unsigned, output quantizer used and enabled)."""
+    return {
+        name: (
+            layer.input_quantizer.is_unsigned,
+            layer.quantize_output and layer.output_quantizer.state.value == "enabled",
+        )
+        for name, layer in quant_layers(qmodel).items()
+    }
+
+
+class _Tiny(nn.Module):
+    """conv -> ReLU, conv -> SiLU, conv -> Identity -> ReLU, conv -> output."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.relu_a = nn.Conv2d(3, 4, 1), nn.ReLU()
+        self.b, self.silu = nn.Conv2d(4, 4, 1), nn.SiLU()
+        self.c, self.same, self.relu_c = nn.Conv2d(4, 4, 1), nn.Identity(), nn.ReLU(inplace=True)
+        self.d = nn.Conv2d(4, 2, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.silu(self.b(self.relu_a(self.a(x))))
+        return self.d(self.relu_c(self.same(self.c(x))))
+
+
+def test_relu_fed_convs_hand_built():
+    model = _Tiny().train()
+    assert relu_fed_convs(model) == {"a", "c"}
+    assert model.training  # the mode is restored
+    model.a = QuantConv2d.from_conv(model.a)  # a wrapped conv is found by its wrapper's name
+    assert relu_fed_convs(model) == {"a", "c"}
+
+
+def test_output_quantizers_are_the_head_convs_before_silu(yolov6n):
+    qmodel = quantize_model(yolov6n)
+    with_output = {name for name, layer in quant_layers(qmodel).items() if layer.quantize_output}
+    head = {f"detect.{part}.{i}.block.conv" for part in ("stems", "cls_convs", "reg_convs") for i in range(3)}
+    assert with_output == head  # no backbone / neck conv (all before a ReLU), no prediction conv (functional ops)
+    assert not any(
+        layer.quantize_output for layer in quant_layers(quantize_model(yolov6n, quantize_outputs=False)).values()
+    )
+
+
+def test_for_flavour(yolov6n, sample):
+    qmodel = quantize_model(yolov6n)
+    calibrate(qmodel, [sample], method="max")
+    before = _signature(qmodel)
+    assert any(unsigned for unsigned, _ in before.values()) and any(output for _, output in before.values())
+    trt = for_flavour(qmodel, "trt")
+    layers = quant_layers(trt)
+    assert not any(q.is_unsigned for layer in layers.values() for q in layer.quantizers().values())
+    assert all(layer.output_quantizer.state.value != "enabled" for layer in layers.values())
+    assert all(layer.input_quantizer.state.value == "enabled" for layer in layers.values())
+    assert _signature(qmodel) == before  # the original is untouched
+    ort = for_flavour(qmodel, "ort")
+    assert ort is not qmodel and _signature(ort) == before
+    with torch.no_grad():
+        assert torch.equal(ort(sample), qmodel(sample)) and not torch.equal(trt(sample), qmodel(sample))
+    with pytest.raises(ConfigError, match="'ort' or 'trt'"):
+        for_flavour(qmodel, "bogus")

@@ -12,9 +12,11 @@ from yolodeploy.quant.primitives import (
     MIN_SCALE,
     dequantize,
     fake_quantize,
+    fake_quantize_scaled,
     quant_error_stats,
     quantize,
     symmetric_scale,
+    unsigned_qrange,
 )
 
 
@@ -62,6 +64,22 @@ def test_fake_quantize_equals_quantize_dequantize():
     assert torch.equal(fake_quantize(x, amax_c, axis=0), expected)
     # amax 0 (a dead channel): a tiny positive scale, so anything is clipped to about zero, never NaN
     assert fake_quantize(x, amax_c, axis=0)[3].abs().max() <= 128 * MIN_SCALE
+
+
+def test_unsigned_fake_quantize_hand_values():
+    assert unsigned_qrange() == (0, 255) and unsigned_qrange(4) == (0, 15)
+    # scale 0.5: round(x / 0.5) clamped to 0..255, times 0.5 (no ties among these values)
+    x = torch.tensor([-3.0, -0.1, 0.0, 0.2, 0.3, 1.26, 127.4, 127.5, 200.0])
+    codes = torch.tensor([0, 0, 0, 0, 1, 3, 255, 255, 255])  # negatives -> 0, overflow -> 255
+    assert torch.equal(fake_quantize_scaled(x, torch.tensor(0.5), unsigned=True), codes * 0.5)
+    # the same scale signed: -128..127, so 1.26 -> 1.5 but 127.4 -> 63.5 and -3 -> -3
+    signed = fake_quantize_scaled(x, torch.tensor(0.5))
+    assert signed.tolist() == [-3.0, -0.0, 0.0, 0.0, 0.5, 1.5, 63.5, 63.5, 63.5]
+    # 4 bits unsigned: 0..15
+    assert fake_quantize_scaled(torch.tensor([9.0, -1.0]), torch.tensor(0.5), num_bits=4, unsigned=True).tolist() == [
+        7.5,
+        0.0,
+    ]
 
 
 def test_fake_quantize_straight_through_gradient():

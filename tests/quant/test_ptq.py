@@ -1,4 +1,7 @@
-"""``run_ptq`` end to end on a tiny model: files, parity, AP, partial quantization and the calibration cache."""
+"""``run_ptq`` end to end on a tiny model: files, parity, AP, partial quantization, calibration cache, record.
+
+QAT (``PTQConfig.qat``, ``--qat``) is tested in ``test_quantize_qat.py``.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +14,7 @@ from yolodeploy.errors import ConfigError
 from yolodeploy.models.checkpoint import read_metadata
 from yolodeploy.quant.model import load_quantized
 from yolodeploy.quant.ptq import PTQConfig, run_ptq
-from yolodeploy.quant.report import NOT_MEASURED, report_table, write_report
+from yolodeploy.quant.report import NOT_MEASURED, quant_record, report_table, write_record, write_report
 
 pytestmark = pytest.mark.usefixtures("single_thread_torch")
 
@@ -77,6 +80,20 @@ def test_report_fills_only_measured_cells(tmp_path):
     assert "3.00×" in lines[3] and lines[4].count(NOT_MEASURED) == 3  # QAT: AP50, latency, speed-up
     md, js = write_report(results, tmp_path)
     assert md.read_text().startswith("# Quantization report") and json.loads(js.read_text()) == results
+    results["rows"]["qat"]["history"] = [1]  # not a record field
+    record = quant_record(results)
+    assert list(record["rows"]) == ["fp32", "ptq", "qat"] and record["rows"]["qat"] == {"ap": 0.305}
+    with pytest.raises(ConfigError, match="rows"):
+        quant_record({"rows": {}})
+
+
+def test_record_holds_every_row_with_its_command(plain, tmp_path):
+    record = plain.record()
+    assert record["version"] == 1 and list(record["rows"]) == ["fp32", "ptq"]
+    for row in record["rows"].values():  # run from Python: no argv to record
+        assert set(row) == {"ap", "ap50", "command"} and row["command"] is None
+    assert json.loads(write_record(plain.to_dict(), tmp_path / "record.json").read_text()) == record
+    assert plain.to_dict()["qat"] is None and "qat_checkpoint" not in plain.files
 
 
 def test_max_ap_drop_records_each_greedy_step(plain, tiny_checkpoint, tiny_dataset, tmp_path):

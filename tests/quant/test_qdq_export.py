@@ -10,12 +10,22 @@ import torch
 from yolodeploy.core.data.synth import synthesize_dataset
 from yolodeploy.core.init import randomize_for_verification_
 from yolodeploy.deploy.onnx_utils import onnx_opset
+from yolodeploy.deploy.qdq_passes import eliminate_redundant_qdq, fold_weight_quantizers
 from yolodeploy.deploy.runners.onnxrt import OnnxRuntimeRunner
 from yolodeploy.errors import ConfigError
 from yolodeploy.models import create_model
 from yolodeploy.quant.calibrate import calibrate, calibration_batches, calibration_images
-from yolodeploy.quant.export import build_qdq_graph, check_qdq_parity, count_qdq_nodes, export_qdq_onnx
-from yolodeploy.quant.model import quant_layers, quantize_model
+from yolodeploy.quant.export import (
+    _ort_passes,
+    _trace,
+    build_qdq_graph,
+    check_qdq_parity,
+    count_qdq_nodes,
+    detect_flavour,
+    export_qdq_onnx,
+    ort_fusion_summary,
+)
+from yolodeploy.quant.model import for_flavour, quant_layers, quantize_model
 
 pytestmark = pytest.mark.usefixtures("single_thread_torch")
 
@@ -43,10 +53,21 @@ def exported(qmodel, tmp_path_factory):
             for flavour in ("trt", "ort")}  # fmt: skip
 
 
+def _zero_points(model: onnx.ModelProto) -> dict[str, np.ndarray]:
+    values = {init.name: onnx.numpy_helper.to_array(init) for init in model.graph.initializer}
+    values.update({n.output[0]: onnx.numpy_helper.to_array(n.attribute[0].t) for n in model.graph.node
+                   if n.op_type == "Constant"})  # fmt: skip
+    return {n.name: values[n.input[2]] for n in model.graph.node if n.op_type == "DequantizeLinear"}
+
+
 def _zero_point_types(model: onnx.ModelProto) -> set[int]:
-    types = {init.name: init.data_type for init in model.graph.initializer}
-    types.update({n.output[0]: n.attribute[0].t.data_type for n in model.graph.node if n.op_type == "Constant"})
-    return {types[n.input[2]] for n in model.graph.node if n.op_type == "DequantizeLinear" and len(n.input) > 2}
+    return {onnx.helper.np_dtype_to_tensor_dtype(zp.dtype) for zp in _zero_points(model).values()}
+
+
+def _conv_inputs_quantized(model: onnx.ModelProto) -> int:
+    """Number of convs whose data and weight inputs are both DequantizeLinear outputs."""
+    dq_outputs = {n.output[0] for n in model.graph.node if n.op_type == "DequantizeLinear"}
+    return sum(n.op_type == "Conv" and set(n.input[:2]) <= dq_outputs for n in model.graph.node)
 
 
 def _run(path, batch: torch.Tensor, level: str = "disable") -> np.ndarray:
@@ -59,9 +80,13 @@ def test_both_flavours_have_qdq_nodes_and_the_asked_opset(qmodel, exported):
     trt, ort = onnx.load(exported["trt"]), onnx.load(exported["ort"])
     for model in (trt, ort):
         # Q + DQ on every conv input, and DQ of an int8 weight initializer (the weight Q is folded at export)
-        assert onnx_opset(model) == 13 and count_qdq_nodes(model) == 3 * layers
+        assert onnx_opset(model) == 13 and _conv_inputs_quantized(model) == layers
+    # identical Qs of one tensor (two convs reading it) are merged; TensorRT keeps one DQ per conv
+    assert 2 * layers < count_qdq_nodes(trt) < 3 * layers
     assert _zero_point_types(trt) == {onnx.TensorProto.INT8}
     assert _zero_point_types(ort) == {onnx.TensorProto.INT8, onnx.TensorProto.UINT8}  # weights stay int8
+    activations = {(zp.dtype.name, int(zp.reshape(-1)[0])) for zp in _zero_points(ort).values() if zp.size == 1}
+    assert activations == {("uint8", 0), ("uint8", 128)}  # after a ReLU / signed
     proto, report = build_qdq_graph(qmodel, img_size=64, opset=17, dynamic_batch=False)
     assert onnx_opset(proto) == 17 and report.opset == 17
     assert proto.graph.input[0].type.tensor_type.shape.dim[0].dim_value == 1
@@ -71,8 +96,8 @@ def test_trt_flavour_follows_the_tensorrt_rules(qmodel):
     _, report = build_qdq_graph(qmodel, img_size=64)
     # Q/DQ sit only at conv inputs (and on weights), so no Concat/MaxPool/Add neighbourhood has a quantized
     # input to tie: tie_scales finds nothing to change and the checker nothing to report
-    assert report.violations == [] and report.tied_changed == 0
-    assert report.qdq_nodes_final == report.qdq_nodes_exported - len(quant_layers(qmodel))  # folded weight Qs
+    assert report.violations == [] and report.tied_changed == 0 and report.ort_ops is None
+    assert report.qdq_nodes_final < report.qdq_nodes_exported - len(quant_layers(qmodel))  # folded weight Qs, merged
 
 
 def test_dynamic_batch_runs_in_ort(exported):
@@ -102,9 +127,31 @@ def test_parity_catches_a_wrong_model(qmodel, exported, images):
     assert not report.ok and "FAILED" in report.summary()
 
 
-def test_uint8_flavour_equals_int8_flavour_bit_for_bit(exported, images):
+def test_ort_flavour_matches_its_fake_quant(qmodel, exported, images):
+    assert detect_flavour(exported["ort"]).value == "ort" and detect_flavour(exported["trt"]).value == "trt"
+    for level in ("disable", "all"):  # compared against for_flavour(qmodel, "ort"), detected from the file
+        report = check_qdq_parity(qmodel, exported["ort"], calibration_batches(images, 64), optimization_level=level)
+        assert report.ok, report.summary()
+        boxes, scores = report.outputs
+        # measured: boxes mean 0.018 px (step 0.49), scores mean 3e-4 (step 4.7e-3): rare one-step flips only
+        assert boxes.mean_abs < 0.1 * boxes.step and scores.mean_abs < 0.1 * scores.step
+
+
+def test_ort_passes_are_exact(qmodel, images):
+    traced = _trace(for_flavour(qmodel, "ort"), (64, 64), 13, True)
+    plain = fold_weight_quantizers(eliminate_redundant_qdq(traced, keep_conv_outputs=True))
     batch = next(calibration_batches(images, 64))
-    assert np.array_equal(_run(exported["trt"], batch), _run(exported["ort"], batch))
+    assert np.array_equal(_run(plain, batch), _run(_ort_passes(traced), batch))
+
+
+def test_ort_flavour_runs_the_quantized_convs_in_int8(qmodel, exported):
+    summary = ort_fusion_summary(exported["ort"])
+    assert set(summary) == {"QLinearConv", "Conv", "FusedConv", "DequantizeLinear"}
+    # all but the two neck convs whose ReLU also feeds a float ConvTranspose (the upsample is not quantized)
+    assert summary["QLinearConv"] == len(quant_layers(qmodel)) - 2 and summary["FusedConv"] == 2, summary
+    assert ort_fusion_summary(exported["trt"])["QLinearConv"] == 0  # no Q after the convs: float kernels
+    _, report = build_qdq_graph(qmodel, img_size=64, flavour="ort")
+    assert report.ort_ops == summary and any(line.startswith("ort kernels") for line in report.lines())
 
 
 def test_export_refuses_unquantized_or_calibrating_models(qmodel, tmp_path):

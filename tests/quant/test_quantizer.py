@@ -11,13 +11,14 @@ from torch import nn
 
 from yolodeploy.errors import ConfigError
 from yolodeploy.quant import QuantConv2d, QuantState, TensorQuantizer, fake_quantize, symmetric_scale
+from yolodeploy.quant.calibrators import Histogram, compute_amax
 
 
-def _calibrated(x: torch.Tensor, method: str = "max") -> TensorQuantizer:
+def _calibrated(x: torch.Tensor, method: str = "max", **kwargs) -> TensorQuantizer:
     quantizer = TensorQuantizer()
     quantizer.start_calibration()
     quantizer(x)
-    quantizer.stop_calibration(method)
+    quantizer.stop_calibration(method, **kwargs)
     return quantizer
 
 
@@ -81,7 +82,7 @@ def test_amax_in_state_dict_and_loads_into_fresh_quantizers():
     x = torch.randn(2, 3, 4, 4)
     source = _calibrated(x)
     state = source.state_dict()
-    assert list(state) == ["amax"] and state["amax"].shape == ()
+    assert list(state) == ["amax", "unsigned"] and state["amax"].shape == () and not state["unsigned"]
     fresh = TensorQuantizer()
     fresh.load_state_dict(state)
     fresh.enable()
@@ -90,6 +91,105 @@ def test_amax_in_state_dict_and_loads_into_fresh_quantizers():
     target = QuantConv2d(nn.Conv2d(3, 5, 3))
     target.load_state_dict(conv.state_dict())
     assert torch.equal(target.weight_quantizer.amax, conv.weight_quantizer.amax)
+
+
+def test_non_negative_data_makes_an_unsigned_quantizer():
+    x = torch.rand(1000, generator=torch.Generator().manual_seed(5)) * 2  # 0 <= x < 2, like a ReLU output
+    quantizer = _calibrated(x)
+    amax = float(quantizer.amax)
+    assert quantizer.is_unsigned and quantizer.quant_max == 255 and amax == float(x.max())
+    step = amax / 255
+    y = quantizer(torch.cat([x, torch.tensor([-1.0, 5.0])]))
+    codes = torch.round(y / step)
+    assert torch.allclose(y, codes * step) and codes.min() == 0 and codes.max() == 255  # -1 -> 0, 5 -> 255
+    assert torch.equal(y[:-2], torch.round(x / (quantizer.amax / 255)).clamp(0, 255) * (quantizer.amax / 255))
+    assert "unsigned" in repr(quantizer)
+
+
+def test_a_negative_value_or_allow_unsigned_false_keeps_it_signed():
+    x = torch.rand(1000, generator=torch.Generator().manual_seed(6))
+    with_negative = _calibrated(torch.cat([x, torch.tensor([-1e-3])]))
+    assert not with_negative.is_unsigned and with_negative.quant_max == 127
+    forced = _calibrated(x, allow_unsigned=False)
+    assert not forced.is_unsigned and torch.equal(forced(x), fake_quantize(x, forced.amax))
+    # a second calibration starts over: the negative value seen before does not count
+    with_negative.start_calibration()
+    with_negative(x)
+    with_negative.stop_calibration("max")
+    assert with_negative.is_unsigned
+
+
+@pytest.mark.parametrize("method", ["entropy", "mse"])
+def test_unsigned_searches_256_levels(method):
+    x = torch.randn(20_000, generator=torch.Generator().manual_seed(7)).abs()
+    hist = Histogram(2048)
+    hist.collect(x)
+    unsigned, signed = _calibrated(x, method), _calibrated(x, method, allow_unsigned=False)
+    assert unsigned.is_unsigned and not signed.is_unsigned
+    assert float(unsigned.amax) == pytest.approx(compute_amax(hist, method, unsigned=True), rel=1e-6)
+    assert float(signed.amax) == pytest.approx(compute_amax(hist, method), rel=1e-6)
+
+
+def test_set_unsigned_and_state_dict_round_trip():
+    per_channel = TensorQuantizer(axis=0)
+    with pytest.raises(ConfigError, match="per-channel"):
+        per_channel.set_unsigned_(True)
+    per_channel.set_unsigned_(False)  # signed is fine
+    x = torch.rand(64, generator=torch.Generator().manual_seed(8))
+    source = _calibrated(x)
+    fresh = TensorQuantizer()
+    fresh.load_state_dict(source.state_dict())
+    fresh.enable()
+    assert fresh.is_unsigned and fresh.quant_max == 255 and torch.equal(fresh(x), source(x))
+    source.set_unsigned_(False)  # amax kept, scale amax / 127
+    assert torch.equal(source.amax, fresh.amax) and torch.equal(source(x), fake_quantize(x, source.amax))
+    fresh.load_state_dict(source.state_dict())
+    assert not fresh.is_unsigned and torch.equal(fresh(x), source(x))
+    with pytest.raises(ConfigError, match="per-channel"):  # an unsigned flag cannot load into a weight quantizer
+        per_channel.load_state_dict({"amax": torch.ones(3), "unsigned": torch.tensor(True)})
+
+
+def test_quant_conv2d_output_quantizer():
+    torch.manual_seed(1)
+    conv, x = nn.Conv2d(3, 4, 3, padding=1), torch.randn(2, 3, 6, 6)
+    qconv = QuantConv2d.from_conv(conv)
+    qconv.quantize_output = True
+    assert list(qconv.quantizers()) == ["input", "output"]
+    with torch.no_grad():
+        for quantizer in qconv.quantizers().values():
+            quantizer.start_calibration()
+        float_out = qconv(x)
+        assert torch.equal(float_out, conv(x))  # calibrating: identity
+        qconv.input_quantizer.stop_calibration("max")
+        qconv.enable()  # the output quantizer is still uncalibrated: left alone (calibrating)
+        assert qconv.output_quantizer.state is QuantState.CALIBRATING
+        amax = qconv.output_quantizer.stop_calibration("max", enable=False)
+        assert not qconv.output_quantizer.is_unsigned and float(amax) == float(float_out.abs().max())
+        qconv.disable()
+        qconv.enable()
+        assert qconv.output_quantizer.state is QuantState.ENABLED
+        x_fq = fake_quantize(x, x.abs().max())
+        w_fq = fake_quantize(conv.weight, conv.weight.abs().amax(dim=(1, 2, 3)), axis=0)
+        inner = nn.functional.conv2d(x_fq, w_fq, conv.bias, padding=1)
+        y = qconv(x)
+        assert torch.equal(y, fake_quantize(inner, amax))
+        codes = y / symmetric_scale(amax)
+        assert torch.allclose(codes, codes.round(), atol=1e-4) and codes.abs().max() <= 128
+        qconv.disable()
+        assert torch.equal(qconv(x), conv(x))
+
+
+def test_enable_leaves_an_uncalibrated_output_quantizer_disabled():
+    qconv = QuantConv2d.from_conv(nn.Conv2d(3, 4, 1))
+    qconv.quantize_output = True
+    qconv.input_quantizer.set_amax_(1.0)
+    qconv.enable()
+    assert qconv.input_quantizer.state is QuantState.ENABLED
+    assert qconv.output_quantizer.state is QuantState.DISABLED and not qconv.output_quantizer.is_calibrated
+    x = torch.rand(1, 3, 4, 4)
+    with torch.no_grad():
+        weight = qconv.weight_quantizer(qconv.conv.weight)
+        assert torch.equal(qconv(x), nn.functional.conv2d(qconv.input_quantizer(x), weight, qconv.conv.bias))
 
 
 def test_zero_amax_is_floored():
@@ -101,7 +201,17 @@ def test_quant_conv2d_disabled_equals_float_and_enabled_equals_manual():
     torch.manual_seed(0)
     conv, x = nn.Conv2d(3, 4, 3, padding=1), torch.randn(2, 3, 6, 6)
     qconv = QuantConv2d.from_conv(conv)
-    assert list(qconv.state_dict()) == ["conv.weight", "conv.bias", "input_quantizer.amax", "weight_quantizer.amax"]
+    assert list(qconv.state_dict()) == [
+        "conv.weight",
+        "conv.bias",
+        "input_quantizer.amax",
+        "input_quantizer.unsigned",
+        "weight_quantizer.amax",
+        "weight_quantizer.unsigned",
+        "output_quantizer.amax",
+        "output_quantizer.unsigned",
+    ]
+    assert not qconv.quantize_output and list(qconv.quantizers()) == ["input"]
     assert qconv.to_conv() is conv and torch.equal(qconv.weight_quantizer.amax, conv.weight.abs().amax(dim=(1, 2, 3)))
     with torch.no_grad():
         assert torch.equal(qconv(x), conv(x))  # disabled: exactly the float conv

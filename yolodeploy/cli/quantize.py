@@ -1,63 +1,107 @@
-"""``yolodeploy quantize``: post-training (partial) quantization with parity and AP checks (issue 6 items 4, 7, 8).
+"""``yolodeploy quantize``: PTQ, partial PTQ and QAT with parity and AP checks (issue 6 items 4, 5, 7, 8).
 
-The same in Python::
+``--ptq`` calibrates and exports INT8; ``--qat`` (which implies the PTQ calibration) then fine-tunes a copy of the
+calibrated model distilled from the float one; one report compares FP32, PTQ, partial PTQ and QAT. The same in
+Python::
 
     from yolodeploy.quant.ptq import PTQConfig, run_ptq
-    result = run_ptq(PTQConfig(model="best.safetensors", data="data/", output="runs/ptq", sensitive_topk=6,
-                               bench_batch_sizes=(1, 32)))
-    print(result.table()); print(result.files)
+    from yolodeploy.quant.qat import QATConfig
+    result = run_ptq(PTQConfig(model="best.safetensors", data="data/", output="runs/q", sensitive_topk=6,
+                               bench_batch_sizes=(1, 32), qat=QATConfig(epochs=10, img_size=224, distill="cwd")))
+    print(result.table()); print(result.files); result.record()  # what --json FILE writes
 """
 
 from __future__ import annotations
 
 import shlex
 import sys
+from typing import TYPE_CHECKING, Any
 
 import click
 
+if TYPE_CHECKING:
+    from ..quant.qat import QATConfig
+
 __all__ = ["COMMANDS"]
+
+#: QAT options of the CLI -> QATConfig fields (None when not given: QATConfig's default applies).
+_QAT_FIELDS = {"epochs": "epochs", "distill": "distill", "qat_lr": "lr", "qat_batch": "batch_size",
+               "train_split": "train_split"}  # fmt: skip
 
 
 @click.command("quantize")
 @click.argument("model", metavar="MODEL")
 @click.option("--data", required=True, type=click.Path(), help="Dataset root (images/<split>, annotations/).")
-@click.option("--ptq", is_flag=True, help="Post-training quantization (required for now).")
-@click.option("--qat", is_flag=True, help="Quantization-aware training (not wired to the CLI yet).")
+@click.option("--ptq", is_flag=True, help="Post-training quantization (calibrate, export INT8).")
+@click.option("--qat", is_flag=True, help="Then quantization-aware training of the calibrated model (implies --ptq).")
 @click.option("--sensitive-topk", default=0, show_default=True, help="Keep the K most sensitive layers float.")
 @click.option("--metric", default="mse", show_default=True, help="Sensitivity metric: mse, snr, cosine or ap.")
 @click.option("--max-ap-drop", type=float, default=None, help="Add float layers until AP drop <= D (AP in [0, 1]).")
-@click.option("--method", default="entropy", show_default=True, help="Calibrator: max, percentile, entropy, mse.")
-@click.option("--percentile", default=99.99, show_default=True, help="Percentile for --method percentile.")
+@click.option("--method", default="percentile", show_default=True, help="Calibrator: max, percentile, entropy, mse.")
+@click.option("--percentile", default=99.999, show_default=True, help="Percentile for --method percentile.")
 @click.option("--calib-images", default=512, show_default=True, help="Calibration images (or the split size).")
 @click.option("--heldout-images", default=8, show_default=True, help="Held-out calib images for parity/sensitivity.")
 @click.option("--val-images", type=int, default=None, help="Val images for AP (seeded subset) [default: all].")
 @click.option("--img", "img_size", default=224, show_default=True, help="Square letterbox size (multiple of 32).")
 @click.option("--border", default=0, show_default=True, help="Gray letterbox frame in pixels (YOLOv6 §3.1).")
 @click.option("--seed", default=0, show_default=True, help="Image sampling seed.")
-@click.option("--bench", is_flag=True, help="Also measure ONNX Runtime latency of the FP32 and INT8 files.")
+@click.option("--bench", is_flag=True, help="Also measure ONNX Runtime latency of every row's ONNX file.")
 @click.option("--bs", "batch_sizes", type=int, multiple=True, default=(1, 32), show_default=True, help="--bench sizes.")
 @click.option("--iters", default=10, show_default=True, help="Timed calls per batch size for --bench.")
+@click.option("--partial", "qat_partial", is_flag=True,
+              help="QAT starts from the partial PTQ model (its --sensitive-topk/--max-ap-drop layers stay float) "
+              "[default: every layer quantized].")  # fmt: skip
+@click.option("--epochs", type=int, default=None, help="QAT epochs [default: 10].")
+@click.option("--distill", default=None, help="QAT recipe: cwd (YOLOv6: det + KD + CWD), mse (label-free), none "
+              "(det only) [default: cwd].")  # fmt: skip
+@click.option("--qat-lr", type=float, default=None, help="QAT learning rate (cosine, no warm-up) [default: 1e-5].")
+@click.option("--qat-batch", type=int, default=None, help="QAT images per step [default: 8].")
+@click.option("--train-split", default=None, help="QAT training split [default: train].")
+@click.option("--qat-val-images", type=int, default=None, help="Val images of the per-epoch fake-quant AP that "
+              "picks the best QAT epoch; 0: keep the last epoch [default: the --val-images subset].")  # fmt: skip
+@click.option("--json", "json_path", type=click.Path(dir_okay=False),
+              help="Also write the record here: per model AP, AP50, latency_ms and command.")  # fmt: skip
 @click.option("-o", "--output", required=True, type=click.Path(file_okay=False), help="Output folder.")
-def quantize_command(model: str, data: str, ptq: bool, qat: bool, bench: bool, batch_sizes, **options) -> None:
-    """Quantize MODEL to INT8 (--ptq), check Q/DQ ONNX parity, measure AP, write the report in OUTPUT."""
+def quantize_command(model: str, data: str, ptq: bool, qat: bool, bench: bool, batch_sizes, json_path, **options):
+    """Quantize MODEL to INT8 (--ptq) and fine-tune it (--qat), check Q/DQ ONNX parity, measure AP, report in OUTPUT.
+
+    --qat runs the PTQ calibration first (QAT starts from the calibrated model), so the report has FP32, PTQ,
+    partial PTQ (with --sensitive-topk/--max-ap-drop) and QAT side by side.
+    """
     from ..errors import ConfigError
     from ..quant.ptq import PTQConfig, run_ptq
+    from ..quant.report import write_record
 
-    if qat:
-        raise ConfigError("QAT from the CLI is not wired yet; use yolodeploy.quant.qat.run_qat")
-    if not ptq:
-        raise ConfigError("say what to do: --ptq (post-training quantization)")
+    if not (ptq or qat):
+        raise ConfigError("say what to do: --ptq (post-training quantization) and/or --qat (quantization-aware)")
+    qat_config = _qat_config(qat, options)
     config = PTQConfig(
         model=model, data=data, bench_batch_sizes=batch_sizes if bench else (), bench_iters=options.pop("iters"),
-        calib_images=options.pop("calib_images"), heldout_images=options.pop("heldout_images"),
+        calib_images=options.pop("calib_images"), heldout_images=options.pop("heldout_images"), qat=qat_config,
         command=shlex.join(["yolodeploy", *sys.argv[1:]]), **options,
     )  # fmt: skip
     result = run_ptq(config)
     click.echo(result.table())
     for note in result.notes:
         click.echo(f"note: {note}")
-    for role, path in result.files.items():
+    files = {**result.files, **({"record": str(write_record(result.to_dict(), json_path))} if json_path else {})}
+    for role, path in files.items():
         click.echo(f"wrote {path} ({role})")
+
+
+def _qat_config(qat: bool, options: dict[str, Any]) -> QATConfig | None:
+    """The ``QATConfig`` of the given QAT options (popped from ``options``), or None without ``--qat``."""
+    from ..errors import ConfigError
+    from ..quant.qat import QATConfig
+
+    given = {field: options.pop(name) for name, field in _QAT_FIELDS.items()}
+    given = {field: value for field, value in given.items() if value is not None}
+    if not qat:
+        if given:
+            flags = [f"--{name.replace('_', '-')}" for name, field in _QAT_FIELDS.items() if field in given]
+            raise ConfigError(f"{', '.join(flags)}: QAT options, add --qat")
+        return None
+    return QATConfig(img_size=options["img_size"], seed=options["seed"], **given)
 
 
 COMMANDS = [quantize_command]

@@ -8,8 +8,12 @@ a changed scale is written as a new initializer (the orphaned ``Constant`` node 
   so TensorRT can fuse them without re-quantizing (see the rules table in :mod:`yolodeploy.deploy.qdq_check`).
 * :func:`eliminate_redundant_qdq` collapses re-quantization chains and drops Q/DQ on tensors that only feed float
   ops (the set :data:`INT8_CONSUMER_OPS` is what counts as an int8 consumer).
+* :func:`quantize_pass_through_inputs` moves the Q after Concat / MaxPool / nearest Resize (and other ops that
+  only move or select values) onto their inputs, so ONNX Runtime sees DQ -> op -> Q (int8 op) and each
+  Relu / Conv producer feeds exactly one Q (QLinearConv with the Relu folded in). Bit-exact.
+* :func:`merge_duplicate_quantizers` makes identical Qs of one tensor (and identical DQs of one Q) one node.
 * :func:`to_uint8_activations` rewrites symmetric int8 activations to uint8 with zero point 128 (lossless), the
-  flavour ONNX Runtime's fast x86 kernels want.
+  flavour ONNX Runtime's fast x86 kernels want; activations already uint8 (zero point 0) are left alone.
 
 Terms: an *activation Q* is a QuantizeLinear whose data input is not a constant; a *pair* is one Q and all the
 DequantizeLinear nodes that consume it; a tensor is *quantized* when its producer is a DQ fed by an activation Q.
@@ -17,7 +21,9 @@ DequantizeLinear nodes that consume it; a tensor is *quantized* when its produce
 Example:
     >>> model = onnx.load("yolov6n_qdq.onnx")
     >>> trt_model = eliminate_redundant_qdq(tie_scales(model))
-    >>> ort_model = to_uint8_activations(trt_model)
+    >>> ort_model = eliminate_redundant_qdq(tie_scales(model), keep_conv_outputs=True)
+    >>> ort_model = merge_duplicate_quantizers(quantize_pass_through_inputs(fold_weight_quantizers(ort_model)))
+    >>> ort_model = to_uint8_activations(ort_model)
 """
 
 from __future__ import annotations
@@ -31,12 +37,16 @@ import onnx_graphsurgeon as gs
 __all__ = [
     "INT8_CONSUMER_OPS",
     "PASS_THROUGH_OPS",
+    "VALUE_SELECTING_OPS",
     "TiedGroup",
     "TieScalesReport",
     "tie_scales",
     "tie_scales_report",
     "eliminate_redundant_qdq",
+    "quantize_pass_through_inputs",
+    "merge_duplicate_quantizers",
     "to_uint8_activations",
+    "fold_weight_quantizers",
 ]
 
 #: Ops that can consume an int8 tensor in TensorRT / ONNX Runtime (a DQ in front of them fuses into an int8
@@ -60,6 +70,25 @@ INT8_CONSUMER_OPS = frozenset(
 #: Ops whose output values are a subset of (or interpolate between) their input values: the Q after them can take
 #: the input's scale unchanged, so no re-quantization is needed.
 PASS_THROUGH_OPS = frozenset({"MaxPool", "Resize", "Upsample"})
+#: Ops whose every output value is one of their (data) input values, moved, copied or picked by a max. A monotone
+#: rounding commutes with them, ``Q(op(x)) == op(Q(x))``, so a Q after them can move onto their inputs bit-exactly.
+#: Resize / Upsample count only in ``nearest`` mode (linear modes interpolate new values).
+VALUE_SELECTING_OPS = frozenset(
+    {
+        "Concat",
+        "MaxPool",
+        "GlobalMaxPool",
+        "Resize",
+        "Upsample",
+        "Reshape",
+        "Transpose",
+        "Flatten",
+        "Squeeze",
+        "Unsqueeze",
+        "Slice",
+        "Identity",
+    }
+)
 
 
 # ----------------------------------------------------------------------------------------------- graph helpers
@@ -122,8 +151,8 @@ def input_q(tensor: gs.Tensor) -> gs.Node | None:
 
 
 def output_qs(tensor: gs.Tensor) -> list[gs.Node]:
-    """The activation Qs that consume ``tensor`` directly."""
-    return [node for node in tensor.outputs if node.op == "QuantizeLinear"]
+    """The activation Qs that consume ``tensor`` directly (as their data input)."""
+    return [node for node in tensor.outputs if node.op == "QuantizeLinear" and node.inputs[0] is tensor]
 
 
 def scale_of(node: gs.Node) -> np.ndarray | None:
@@ -163,6 +192,10 @@ def _replace_input(node: gs.Node, old: gs.Tensor, new: gs.Tensor) -> None:
             node.inputs[index] = new
 
 
+def _is_int8_zero(zero_point: np.ndarray | None) -> bool:
+    return zero_point is not None and zero_point.dtype == np.int8 and not zero_point.any()
+
+
 def _is_per_tensor(q: gs.Node) -> bool:
     scale = scale_of(q)
     return scale is not None and scale.size == 1
@@ -180,9 +213,11 @@ class TiedGroup:
 
 @dataclass(frozen=True)
 class TieScalesReport:
-    """What :func:`tie_scales` did: the groups it tied (also the already-consistent ones)."""
+    """What :func:`tie_scales` did: the groups it tied (also the already-consistent ones), and the groups it left
+    alone because their zero points differ in value or type (``skipped``, Q node labels per group)."""
 
     groups: tuple[TiedGroup, ...]
+    skipped: tuple[tuple[str, ...], ...] = ()
 
     @property
     def num_groups(self) -> int:
@@ -264,17 +299,20 @@ def tie_scales_report(model: onnx.ModelProto) -> tuple[onnx.ModelProto, TieScale
       nearest resize of quantized values is already on the input's grid). Not applied when the input is float.
     * Add with two quantized inputs: both pairs get the max of their scales.
     Groups overlap (an SPPF chains MaxPools into a Concat), so they are merged; a merged group takes the max over
-    its members that are not pass-through outputs.
+    its members that are not pass-through outputs. A group whose zero points differ (type or value, e.g. int8 and
+    uint8 inputs to one Concat) is left unchanged and listed in ``report.skipped``; an all-uint8 (zero point 0)
+    group is tied like an int8 one.
 
     Returns:
         The new model and a :class:`TieScalesReport`.
     """
     graph = _import(model)
     groups = _collect_groups(graph)
-    tied = []
+    tied, skipped = [], []
     for group in groups.groups():
         scale = _group_scale(group, groups.followers)
-        if scale is None:
+        if scale is None:  # e.g. an int8 and a uint8 input to one Concat: one scale cannot serve both
+            skipped.append(tuple(node_label(q) for q in group))
             continue
         changed = [q for q in group if not same_values(scale_of(q), scale)]
         if changed:
@@ -284,7 +322,7 @@ def tie_scales_report(model: onnx.ModelProto) -> tuple[onnx.ModelProto, TieScale
                     node.inputs[1] = constant
         labels = tuple(node_label(q) for q in group)
         tied.append(TiedGroup(labels, float(scale.reshape(-1)[0]), tuple(node_label(q) for q in changed)))
-    return _export(graph, model), TieScalesReport(tuple(tied))
+    return _export(graph, model), TieScalesReport(tuple(tied), tuple(skipped))
 
 
 def tie_scales(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -355,7 +393,16 @@ def _bypass_pair(graph: gs.Graph, q: gs.Node) -> bool:
     return True
 
 
-def eliminate_redundant_qdq(model: onnx.ModelProto) -> onnx.ModelProto:
+def _completes_int8_conv(q: gs.Node) -> bool:
+    """True when ``q`` reads the output of a Conv / ConvTranspose whose data input is quantized (DQ -> Conv -> Q)."""
+    producer = q.inputs[0].inputs[0] if q.inputs[0].inputs else None
+    if producer is None or producer.op not in ("Conv", "ConvTranspose"):
+        return False
+    data = producer.inputs[0]
+    return bool(data.inputs) and data.inputs[0].op == "DequantizeLinear"
+
+
+def eliminate_redundant_qdq(model: onnx.ModelProto, *, keep_conv_outputs: bool = False) -> onnx.ModelProto:
     """Remove Q/DQ nodes that cannot speed anything up.
 
     * Consecutive re-quantization with the same scale/zero point/axis, Q -> DQ -> Q -> DQ, becomes one Q -> DQ
@@ -364,22 +411,202 @@ def eliminate_redundant_qdq(model: onnx.ModelProto) -> onnx.ModelProto:
       Softmax, Reshape, NMS, or graph outputs) is removed and the tensor flows in float. The pair is kept when
       removing it would rename a graph output, and when a DQ feeds another Q (a re-quantization to a different
       scale is left to :func:`tie_scales`: removing the first pair would change the numbers).
+    * ``keep_conv_outputs=True`` (the ONNX Runtime flavour) keeps a pair whose Q reads the output of a conv with a
+      quantized input, even when its DQs feed only float ops: ORT runs a conv in int8 (QLinearConv) only as
+      DQ -> Conv -> Q, so that Q is what makes the conv fast.
 
     Example:
         >>> lean = eliminate_redundant_qdq(onnx.load("model_qdq.onnx"))
+        >>> ort_lean = eliminate_redundant_qdq(onnx.load("model_qdq.onnx"), keep_conv_outputs=True)
     """
     graph = _import(model)
     while _collapse_requantization(graph):
         graph.cleanup()
     for q in [node for node in graph.nodes if is_activation_q(node)]:
+        if keep_conv_outputs and q.inputs and _completes_int8_conv(q):
+            continue
         if q.outputs and _feeds_only_float(graph, q):
             _bypass_pair(graph, q)
     return _export(graph, model)
 
 
+# ------------------------------------------------------------------------------------- merge_duplicate_quantizers
+def _params_key(params: list[gs.Tensor], axis: int = 1) -> tuple | None:
+    """Scale and zero point tensors (and the axis when per channel) as a hashable key; None when not constant."""
+    scale = const_value(params[0])
+    zero_point = const_value(params[1]) if len(params) > 1 else None
+    if scale is None or (len(params) > 1 and zero_point is None):
+        return None
+    zp_key = None if zero_point is None else (zero_point.dtype.str, zero_point.reshape(-1).tobytes())
+    return scale.dtype.str, scale.reshape(-1).tobytes(), zp_key, axis if scale.size > 1 else None
+
+
+def _qparams_key(node: gs.Node) -> tuple | None:
+    """What a Q/DQ computes, as a hashable key (scale, zero point with its type, axis); None when not constant."""
+    return _params_key(node.inputs[1:3], int(node.attrs.get("axis", 1)))
+
+
+def _redirect(old: gs.Tensor, new: gs.Tensor) -> None:
+    for consumer in list(old.outputs):
+        _replace_input(consumer, old, new)
+
+
+def _merge_nodes(nodes: list[gs.Node], graph_ids: set[int]) -> None:
+    """Equal-qparams nodes among ``nodes`` (all reading one tensor) become the first of them."""
+    survivors: dict[tuple, gs.Node] = {}
+    for node in nodes:
+        key = _qparams_key(node)
+        if key is None or id(node.outputs[0]) in graph_ids:
+            continue
+        keep = survivors.setdefault(key, node)
+        if keep is not node:
+            _redirect(node.outputs[0], keep.outputs[0])
+            node.inputs.clear()
+            node.outputs.clear()
+
+
+def _merge_duplicates(graph: gs.Graph, dequantizers: bool = True) -> None:
+    graph_ids = {id(tensor) for tensor in graph.outputs}
+    for tensor in list(graph.tensors().values()):
+        _merge_nodes([node for node in output_qs(tensor) if is_activation_q(node)], graph_ids)
+    if dequantizers:
+        for q in [node for node in graph.nodes if node.inputs and is_activation_q(node) and node.outputs]:
+            _merge_nodes(dq_consumers(q), graph_ids)
+
+
+def merge_duplicate_quantizers(model: onnx.ModelProto, *, dequantizers: bool = True) -> onnx.ModelProto:
+    """Make activation Qs that read one tensor with the same scale / zero point (and type) one Q.
+
+    Two quantized convs reading one tensor export two identical Q/DQ pairs (each layer has its own input
+    quantizer, and both calibrate to the same range). Two Qs mean two consumers of the producing conv, which
+    stops ONNX Runtime (and TensorRT) from fusing the Q into it. With ``dequantizers`` the identical DQs of one
+    Q are merged too (ORT duplicates a shared DQ per consumer itself; keep them separate for TensorRT). Lossless:
+    every DQ output is bit-identical. Qs and DQs that write a graph output are left alone.
+
+    Example:
+        >>> merged = merge_duplicate_quantizers(onnx.load("model_qdq.onnx"))
+    """
+    graph = _import(model)
+    _merge_duplicates(graph, dequantizers)
+    return _export(graph, model)
+
+
+# ----------------------------------------------------------------------------------- quantize_pass_through_inputs
+def _data_inputs(node: gs.Node) -> list[int]:
+    return list(range(len(node.inputs))) if node.op == "Concat" else [0]
+
+
+def _selects_values(node: gs.Node) -> bool:
+    """A :data:`VALUE_SELECTING_OPS` node with one output and non-constant data inputs."""
+    if node.op not in VALUE_SELECTING_OPS or len(node.outputs) != 1 or not node.inputs:
+        return False
+    if node.op in ("Resize", "Upsample") and node.attrs.get("mode", "nearest") != "nearest":
+        return False
+    return all(const_value(node.inputs[index]) is None for index in _data_inputs(node))
+
+
+def _final_q(tensor: gs.Tensor, graph_ids: set[int], memo: dict[int, gs.Node | None]) -> gs.Node | None:
+    """An activation Q that every use of ``tensor`` ends in (directly or through value-selecting ops, all with
+    the same qparams), else None."""
+    if id(tensor) not in memo:
+        memo[id(tensor)] = None
+        found = []
+        for node in tensor.outputs:
+            if is_activation_q(node) and _is_per_tensor(node) and node.inputs[0] is tensor:
+                found.append(node)
+            elif _selects_values(node) and any(node.inputs[index] is tensor for index in _data_inputs(node)):
+                found.append(_final_q(node.outputs[0], graph_ids, memo))
+            else:
+                found.append(None)
+        keys = {None if q is None else _qparams_key(q) for q in found}
+        if found and id(tensor) not in graph_ids and len(keys) == 1 and None not in keys:
+            memo[id(tensor)] = found[0]
+    return memo[id(tensor)]
+
+
+def _quantized_with(tensor: gs.Tensor, params: list[gs.Tensor]) -> bool:
+    """True when ``tensor`` is DQ(Q(x)) with these qparams."""
+    q, key = input_q(tensor), _params_key(params)
+    return q is not None and _qparams_key(q) == key and _qparams_key(tensor.inputs[0]) == key
+
+
+def _new_node(graph: gs.Graph, op: str, source: gs.Tensor, params: list[gs.Tensor], dtype: np.dtype) -> gs.Node:
+    names = set(graph.tensors())
+    name, index = f"{source.name}_{op}", 0
+    while name in names:
+        index += 1
+        name = f"{source.name}_{op}_{index}"
+    output = gs.Variable(name, dtype=dtype)
+    graph.nodes.append(gs.Node(op, name=f"{name}_node", inputs=[source, *params], outputs=[output]))
+    return graph.nodes[-1]
+
+
+def _dequantized(graph: gs.Graph, tensor: gs.Tensor, params: list[gs.Tensor]) -> gs.Tensor:
+    """DQ(Q(tensor)) with these qparams, reusing a Q / DQ already there."""
+    key, graph_ids = _params_key(params), {id(t) for t in graph.outputs}
+    same = [q for q in output_qs(tensor) if is_activation_q(q) and _qparams_key(q) == key]
+    q = same[0] if same else _new_node(graph, "QuantizeLinear", tensor, params, const_value(params[1]).dtype)
+    dqs = [dq for dq in dq_consumers(q) if _qparams_key(dq) == key and id(dq.outputs[0]) not in graph_ids]
+    dq = dqs[0] if dqs else _new_node(graph, "DequantizeLinear", q.outputs[0], params, np.float32)
+    return dq.outputs[0]
+
+
+def _input_params(graph: gs.Graph, tensor: gs.Tensor, template: gs.Node, cache: dict) -> list[list[gs.Tensor]]:
+    """The qparams an input of an op quantized like ``template`` may have, the one to insert first.
+
+    The template's scale and zero point; when that is signed int8 zero point 0 also the same scale with uint8 zero
+    point 0, preferred for a Relu output (unless it already has the signed Q). Still exact for ``x >= 0``: both
+    round to ``k = round(x / s)``, the uint8 code keeps ``min(k, 255)`` and the signed Q after the op clamps to
+    ``min(k, 127)`` anyway. ORT folds a Relu into its conv only before a Q whose zero point is the type's minimum.
+    """
+    params = list(template.inputs[1:3])
+    zero_point = zero_point_of(template)
+    if not _is_int8_zero(zero_point):
+        return [params]
+    if zero_point.shape not in cache:
+        cache[zero_point.shape] = _new_constant(graph, "zero_point_u8", np.zeros(zero_point.shape, np.uint8))
+    unsigned = [params[0], cache[zero_point.shape]]
+    relu = bool(tensor.inputs) and tensor.inputs[0].op == "Relu"
+    signed_q = any(_qparams_key(q) == _params_key(params) for q in output_qs(tensor))
+    return [unsigned, params] if relu and not signed_q else [params, unsigned]
+
+
+def quantize_pass_through_inputs(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Quantize the inputs of value-selecting ops (Concat, MaxPool, nearest Resize, ...) whose output is quantized.
+
+    For an op of :data:`VALUE_SELECTING_OPS` whose every use ends in activation Qs of one scale / zero point S
+    (directly or through more such ops: the MaxPool chain and Concat of an SPPF), each data input that is not
+    already DQ(Q_S(x)) is fed through Q_S -> DQ_S instead (an existing Q_S on that tensor is reused). Then ONNX
+    Runtime sees DQ -> MaxPool/Concat -> Q, which it runs in int8, and the Relu / Conv producing such an input
+    has one consumer, the Q, which lets it fuse DQ -> Conv -> [Relu] -> Q into QLinearConv. Identical Qs of one
+    tensor are merged (:func:`merge_duplicate_quantizers`, dequantizers kept) to get there.
+
+    Where S is signed int8 and an input is a Relu output, that input gets S's scale with uint8 zero point 0, so
+    the Relu still folds into its conv (ORT's QLinearConcat takes inputs with other zero points).
+
+    Bit-exact: ``DQ∘Q`` is monotone and these ops only move values or take a max, so
+    ``Q(op(DQ(Q(x)))) == Q(op(x))`` (and ``Q(DQ(q)) == q`` for equal qparams).
+
+    Example:
+        >>> ort_ready = quantize_pass_through_inputs(onnx.load("model_qdq.onnx"))
+    """
+    graph = _import(model)
+    graph_ids, memo = {id(tensor) for tensor in graph.outputs}, {}
+    plans = [(node, _final_q(node.outputs[0], graph_ids, memo)) for node in graph.nodes if _selects_values(node)]
+    cache: dict = {}
+    for node, template in plans:
+        if template is None or zero_point_of(template) is None:
+            continue
+        for index in _data_inputs(node):
+            choices = _input_params(graph, node.inputs[index], template, cache)
+            if not any(_quantized_with(node.inputs[index], params) for params in choices):
+                node.inputs[index] = _dequantized(graph, node.inputs[index], choices[0])
+    _merge_duplicates(graph, dequantizers=False)
+    graph.toposort()
+    return _export(graph, model)
+
+
 # ------------------------------------------------------------------------------------------ to_uint8_activations
-def _is_int8_zero(zero_point: np.ndarray | None) -> bool:
-    return zero_point is not None and zero_point.dtype == np.int8 and not zero_point.any()
 
 
 def to_uint8_activations(model: onnx.ModelProto) -> onnx.ModelProto:

@@ -40,7 +40,7 @@ from ..errors import CalibrationError, ConfigError, ImageError
 from ..utils.io import atomic_write_text
 from .calibrators import CalibMethod
 from .model import enable_all, quant_layers
-from .quantizer import QuantState
+from .quantizer import QuantState, TensorQuantizer
 
 __all__ = [
     "PREPROCESSING",
@@ -51,6 +51,9 @@ __all__ = [
     "calibration_batches",
     "calibrate",
     "apply_amax",
+    "quantizer_key",
+    "activation_quantizers",
+    "unsigned_keys",
     "model_hash",
     "file_sha256",
     "calibrate_cached",
@@ -59,6 +62,9 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 #: The pre-processing recorded in manifests (what ``calibration_batches`` does; same as inference).
+#: How activation quantizers are chosen and ranged (recorded in manifests: a cache of another scheme is stale).
+ACTIVATION_SCHEME = "per-tensor; unsigned 0..255 where calibration saw no negative value; conv outputs not before ReLU"
+
 PREPROCESSING = "letterbox(color=114, scaleup=True, centred) -> RGB -> /255 -> float32 NCHW"
 #: Fewer calibration images than this gives a warning (with the count).
 MIN_RECOMMENDED_IMAGES = 32
@@ -138,11 +144,13 @@ def calibrate(
 ) -> dict[str, float]:
     """Calibrate every quantized layer of ``qmodel`` on ``batches`` and enable all quantizers.
 
-    The model runs float (eval mode, no grad) while every input quantizer records a histogram of its input;
-    each activation amax then comes from ``method``. Weight amax is the per-channel max of the current weights.
+    The model runs float (eval mode, no grad) while every activation quantizer (each layer's input, and its
+    output where ``quantize_output``) records a histogram; each amax then comes from ``method``, and a
+    quantizer that saw no negative value becomes unsigned. Weight amax is the per-channel max of the weights.
 
     Returns:
-        The activation amax of each layer, by layer name.
+        The activation amax by quantizer key (:func:`quantizer_key`: the layer name for its input quantizer,
+        ``"<layer>:output"`` for its output quantizer). :func:`unsigned_keys` lists the unsigned ones.
 
     Raises:
         CalibrationError: no quantized layer, or no batch. ConfigError: an unknown method, NaN activations.
@@ -157,8 +165,9 @@ def calibrate(
     was_training = qmodel.training
     qmodel.eval()
     for layer in layers.values():
-        layer.weight_quantizer.disable()
-        layer.input_quantizer.start_calibration()
+        layer.disable()
+        for quantizer in layer.quantizers().values():
+            quantizer.start_calibration()
     seen = 0
     try:
         with torch.no_grad():
@@ -169,27 +178,50 @@ def calibrate(
         qmodel.train(was_training)
     if seen == 0:
         for layer in layers.values():
-            layer.input_quantizer.state = QuantState.DISABLED
+            for quantizer in layer.quantizers().values():
+                quantizer.state = QuantState.DISABLED
         raise CalibrationError("no calibration batch: the image list is empty")
     amax = {}
-    for name, layer in layers.items():
-        amax[name] = float(layer.input_quantizer.stop_calibration(method, **_method_kwargs(method, percentile)))
+    for key, quantizer in activation_quantizers(qmodel).items():
+        amax[key] = float(quantizer.stop_calibration(method, **_method_kwargs(method, percentile)))
+    for layer in layers.values():
         layer.weight_quantizer.calibrate_weight_(layer.conv.weight)
     enable_all(qmodel)
     return amax
 
 
-def apply_amax(qmodel: nn.Module, amax: dict[str, float]) -> None:
-    """Set every layer's activation amax from ``amax`` (weights: per-channel max) and enable all quantizers.
+def quantizer_key(layer: str, role: str) -> str:
+    """The key of a layer's activation quantizer in amax dicts: ``layer`` (input) or ``layer:output``."""
+    return layer if role == "input" else f"{layer}:{role}"
+
+
+def activation_quantizers(qmodel: nn.Module) -> dict[str, TensorQuantizer]:
+    """Every activation quantizer calibration sets, by :func:`quantizer_key`, in module order."""
+    return {
+        quantizer_key(name, role): quantizer
+        for name, layer in quant_layers(qmodel).items()
+        for role, quantizer in layer.quantizers().items()
+    }
+
+
+def unsigned_keys(qmodel: nn.Module) -> list[str]:
+    """Keys of the unsigned (uint8) activation quantizers."""
+    return [key for key, quantizer in activation_quantizers(qmodel).items() if quantizer.is_unsigned]
+
+
+def apply_amax(qmodel: nn.Module, amax: dict[str, float], unsigned: Iterable[str] = ()) -> None:
+    """Set every activation amax (and the unsigned flags) from a calibration; weights: per-channel max; enable.
 
     Raises:
-        CalibrationError: ``amax`` does not name exactly the model's quantized layers.
+        CalibrationError: ``amax`` does not name exactly the model's activation quantizers.
     """
-    layers = quant_layers(qmodel)
-    if set(amax) != set(layers):
+    quantizers, unsigned = activation_quantizers(qmodel), set(unsigned)
+    if set(amax) != set(quantizers) or not unsigned <= set(quantizers):
         raise CalibrationError("the amax values do not fit this model's quantized layers")
-    for name, layer in layers.items():
-        layer.input_quantizer.set_amax_(amax[name])
+    for key, quantizer in quantizers.items():
+        quantizer.set_unsigned_(key in unsigned)
+        quantizer.set_amax_(amax[key])
+    for layer in quant_layers(qmodel).values():
         layer.weight_quantizer.calibrate_weight_(layer.conv.weight)
     enable_all(qmodel)
 
@@ -215,7 +247,7 @@ def model_hash(model: nn.Module) -> str:
     digest = hashlib.sha256()
     wrapped = tuple(f"{name}.conv." for name in quant_layers(model))
     for key, tensor in model.state_dict().items():
-        if key.endswith("_quantizer.amax"):
+        if key.endswith(("_quantizer.amax", "_quantizer.unsigned")):  # quantizer state, not the model
             continue
         prefix = next((p for p in wrapped if key.startswith(p)), None)
         key = prefix[: -len("conv.")] + key[len(prefix) :] if prefix else key
@@ -264,9 +296,14 @@ class CalibrationManifest:
             img_size=_size_pair(img_size),
             batch=int(batch),
             method=method.value,
-            settings={"num_bits": 8, "num_bins": 2048, **_method_kwargs(method, percentile)},
+            settings={
+                "num_bits": 8,
+                "num_bins": 2048,
+                "activations": ACTIVATION_SCHEME,
+                **_method_kwargs(method, percentile),
+            },
             model_hash=model_hash(qmodel),
-            quant_layers=tuple(quant_layers(qmodel)),
+            quant_layers=tuple(activation_quantizers(qmodel)),
         )
 
 
@@ -279,23 +316,26 @@ class CalibrationResult:
     cache_path: Path
     cached: bool
     note: str
+    unsigned: list[str] = dataclasses.field(default_factory=list)
 
     def __str__(self) -> str:
         return f"calibration {self.manifest.method} on {self.manifest.count} images: {self.note} ({self.cache_path})"
 
 
-def _read_cache(path: Path, manifest: CalibrationManifest) -> tuple[dict[str, float] | None, str]:
+def _read_cache(path: Path, manifest: CalibrationManifest) -> tuple[dict[str, float] | None, list[str], str]:
+    """``(amax, unsigned keys, note)``; amax is None when the cache is missing, unreadable or stale."""
     if not path.exists():
-        return None, "calibrated (no cached calibration for this manifest)"
+        return None, [], "calibrated (no cached calibration for this manifest)"
     try:
         data = json.loads(path.read_text())
         amax = {str(k): float(v) for k, v in data["amax"].items()}
+        unsigned = [str(k) for k in data["unsigned"]]
         same = data["manifest"] == json.loads(json.dumps(manifest.to_dict()))
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        return None, "recalibrated (the cached file was unreadable)"
-    if not same or set(amax) != set(manifest.quant_layers):
-        return None, "recalibrated (the cached file's manifest did not match)"
-    return amax, "reused the cached calibration"
+        return None, [], "recalibrated (the cached file was unreadable)"
+    if not same or set(amax) != set(manifest.quant_layers) or not set(unsigned) <= set(amax):
+        return None, [], "recalibrated (the cached file's manifest did not match)"
+    return amax, unsigned, "reused the cached calibration"
 
 
 def calibrate_cached(
@@ -323,10 +363,12 @@ def calibrate_cached(
         qmodel, images, img_size=img_size, batch=batch, method=method, percentile=percentile
     )
     path = Path(cache_dir) / f"{manifest.sha256()}.json"
-    amax, note = _read_cache(path, manifest)
+    amax, unsigned, note = _read_cache(path, manifest)
     if amax is not None:
-        apply_amax(qmodel, amax)
-        return CalibrationResult(amax, manifest, path, True, note)
+        apply_amax(qmodel, amax, unsigned)
+        return CalibrationResult(amax, manifest, path, True, note, unsigned)
     amax = calibrate(qmodel, calibration_batches(images, img_size, batch), method=method, percentile=percentile)
-    atomic_write_text(path, json.dumps({"manifest": manifest.to_dict(), "amax": amax}, indent=1, sort_keys=True))
-    return CalibrationResult(amax, manifest, path, False, note)
+    unsigned = unsigned_keys(qmodel)
+    record = {"manifest": manifest.to_dict(), "amax": amax, "unsigned": unsigned}
+    atomic_write_text(path, json.dumps(record, indent=1, sort_keys=True))
+    return CalibrationResult(amax, manifest, path, False, note, unsigned)

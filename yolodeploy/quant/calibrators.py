@@ -25,7 +25,7 @@ from torch import Tensor
 
 from ..errors import ConfigError
 from ..utils.choices import Choice
-from .primitives import qrange
+from .primitives import qrange, unsigned_qrange
 
 __all__ = [
     "CalibMethod",
@@ -196,7 +196,9 @@ def _kl_divergence(bins: np.ndarray, stop: int, num_levels: int, eps: float) -> 
     return float(np.sum(p * np.log(p / q)))
 
 
-def entropy_amax(hist: Histogram, num_bits: int = 8, start_bin: int = 128, stride: int = 1, eps: float = 1e-4) -> float:
+def entropy_amax(
+    hist: Histogram, num_bits: int = 8, start_bin: int = 128, stride: int = 1, eps: float = 1e-4, unsigned: bool = False
+) -> float:
     """The amax (a bin edge) that minimises KL(P || Q) between the histogram and its quantized version.
 
     Candidates are the edges ``edges[i]`` for ``i`` from ``start_bin`` to ``len(counts)`` (every ``stride``-th,
@@ -204,10 +206,11 @@ def entropy_amax(hist: Histogram, num_bits: int = 8, start_bin: int = 128, strid
     bin 1 (the zeros after a ReLU would otherwise dominate), and among equal divergences the largest amax wins.
     With at most ``2**(num_bits-1)`` bins the quantization is lossless at this resolution: the max edge is used.
     The smallest candidate is ``start_bin`` bins, so the result is at least ``start_bin / len(counts)`` of the max.
+    ``unsigned``: the values are non-negative and get ``2**num_bits`` levels (uint8: 256) instead of 128.
     """
     counts, edges = _checked(hist)
-    _, num_levels = qrange(num_bits)
-    num_levels += 1  # 128 magnitudes for int8
+    _, num_levels = unsigned_qrange(num_bits) if unsigned else qrange(num_bits)
+    num_levels += 1  # 128 magnitudes for int8, 256 for uint8
     bins = counts.copy()
     if len(bins) > 1:
         bins[0] = bins[1]
@@ -233,18 +236,19 @@ def _squared_error_integral(x: np.ndarray, amax: np.ndarray, scale: np.ndarray) 
     return steps * scale**3 / 12 + rest**3 / 3 + np.maximum(x - amax, 0.0) ** 3 / 3
 
 
-def mse_amax(hist: Histogram, num_bits: int = 8, chunk: int = 256) -> float:
+def mse_amax(hist: Histogram, num_bits: int = 8, chunk: int = 256, unsigned: bool = False) -> float:
     """The bin edge that minimises the expected squared quantization error of the collected values.
 
     Each bin is taken as uniformly filled, and its error for a candidate amax is integrated exactly (rounding
     error below amax, clipping error above), so the estimate holds both when bins are wider than the
     quantization step and when they are narrower. Only ``|x|`` is known, so the clipping is taken as symmetric
     at ``amax`` (the extra code -128 of the full range is ignored). Every right bin edge is a candidate.
+    ``unsigned``: non-negative values on ``2**num_bits - 1`` steps (uint8: scale ``amax / 255``).
     """
     counts, edges = _checked(hist)
     if hist.amax == 0:
         return 0.0
-    _, quant_max = qrange(num_bits)
+    _, quant_max = unsigned_qrange(num_bits) if unsigned else qrange(num_bits)
     weights = counts / counts.sum() / np.diff(edges)
     candidates = edges[1:]
     errors = []

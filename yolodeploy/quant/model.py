@@ -15,6 +15,14 @@ share one scale, and :func:`yolodeploy.deploy.qdq_passes.tie_scales` makes them 
 (rule-based: Concat inputs/output share one scale, MaxPool/Resize pass their input's scale through, residual
 Add inputs agree); :mod:`yolodeploy.quant.export` runs it.
 
+**Conv outputs (ONNX Runtime).** ORT runs a conv in int8 only as DQ -> Conv -> [Relu] -> Q. A conv followed
+by a ReLU gets that Q from its consumers' input quantizers (unsigned after the ReLU, see
+:mod:`yolodeploy.quant.quantizer`); every other conv (before a SiLU, the prediction convs) also quantizes its
+output where another activation module reads it (a SiLU; ``quantize_outputs=True``, found by tracing one
+forward pass). Prediction convs (read by functional sigmoid / DFL ops) keep float outputs.
+:func:`for_flavour` gives the TensorRT form (signed everywhere, no output quantizers: TensorRT fuses the
+activation itself and places its own output quantization).
+
 Layer names are module names of the ``QuantConv2d`` modules (= the names of the convs they replaced), e.g.
 ``backbone.stem.rbr_reparam`` (YOLOv6) or ``model.0.conv`` (YOLOv9). Wherever a name is accepted, the name of
 the conv's parent (``backbone.stem``) also selects the convs directly inside it.
@@ -54,6 +62,8 @@ __all__ = [
     "save_quantized",
     "load_quantized",
     "quantized_model_from_metadata",
+    "relu_fed_convs",
+    "for_flavour",
 ]
 
 QUANTIZED_FORM = "quantized"
@@ -107,8 +117,64 @@ def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
     setattr(model.get_submodule(parent_name) if parent_name else model, child, module)
 
 
+RELU_MODULES = {nn.ReLU, nn.ReLU6}
+
+
+def relu_fed_convs(model: nn.Module, img_size: int = 64) -> set[str]:
+    """Names of the convs (plain or ``QuantConv2d``) whose output a ReLU module reads, from one traced forward."""
+    return {name for name, readers in conv_readers(model, img_size).items() if RELU_MODULES & readers}
+
+
+def conv_readers(model: nn.Module, img_size: int = 64) -> dict[str, set[type]]:
+    """For every conv (plain or ``QuantConv2d``), the module types that read its output, from one traced forward.
+
+    Module-level data flow from forward hooks on a zero image: a conv's output tensor is the very object a
+    reading module receives (``nn.Identity`` in between passes the same object on). Functional ops (``torch.cat``,
+    ``sigmoid``, reshapes) are not modules and are not seen. Outputs are kept alive during the trace so no
+    ``id`` is reused.
+    """
+    convs = {id(model.get_submodule(n)): n for n in _conv_names(model)}
+    produced, readers, keep = {}, {n: set() for n in convs.values()}, []
+
+    def hook(module: nn.Module, args: tuple, output: Any) -> None:
+        keep.append(output)
+        if args and id(args[0]) in produced and not isinstance(module, nn.Identity):
+            readers[produced[id(args[0])]].add(type(module))
+        if id(module) in convs:
+            produced[id(output)] = convs[id(module)]
+    handles = [m.register_forward_hook(hook) for m in model.modules()]
+    was_training = model.training
+    try:
+        with torch.no_grad():
+            model.eval()(torch.zeros(1, 3, img_size, img_size, device=_device(model)))
+    finally:
+        model.train(was_training)
+        for handle in handles:
+            handle.remove()
+    return readers
+
+
+def _output_quantized_convs(model: nn.Module) -> set[str]:
+    """Convs whose output an activation module other than ReLU reads (e.g. SiLU): they get output quantizers.
+
+    A conv read by a ReLU gets its Q from its consumers (after the ReLU); a conv whose output only flows into
+    functional ops (the prediction convs before sigmoid / DFL softmax) stays float-output: quantizing logits
+    costs accuracy, and those 1x1 convs are too small for int8 to matter.
+    """
+    return {name for name, readers in conv_readers(model).items() if readers and not readers & RELU_MODULES}
+
+
+def _device(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
 def quantize_model(
-    model: nn.Module, *, exclude: Iterable[str] = (), quantize_dfl: bool = False, inplace: bool = False
+    model: nn.Module,
+    *,
+    exclude: Iterable[str] = (),
+    quantize_dfl: bool = False,
+    quantize_outputs: bool = True,
+    inplace: bool = False,
 ) -> nn.Module:
     """The deploy form of ``model`` with every ``nn.Conv2d`` replaced by a ``QuantConv2d``.
 
@@ -120,6 +186,8 @@ def quantize_model(
         model: a zoo detector in train or deploy form (re-parameterized here unless ``model.form == "deploy"``).
         exclude: layers to keep float (conv names or their parents' names, see :func:`quant_layers`).
         quantize_dfl: also quantize the DFL projection conv (float by default).
+        quantize_outputs: give every quantized conv whose output an activation other than ReLU reads (a SiLU)
+            an output quantizer (for ONNX Runtime; :func:`for_flavour` drops them for TensorRT).
         inplace: modify ``model`` instead of a copy.
 
     Returns:
@@ -141,13 +209,35 @@ def quantize_model(
     convs = _conv_names(model)
     excluded = resolve_layer_names(exclude, convs)
     keep_float = set(excluded) | (set() if quantize_dfl else set(dfl_convs(model)))
+    output_quantized = _output_quantized_convs(model) if quantize_outputs else set()
     for name in convs:
         if name not in keep_float:
-            _set_submodule(model, name, QuantConv2d.from_conv(model.get_submodule(name)))
+            layer = QuantConv2d.from_conv(model.get_submodule(name))
+            layer.quantize_output = name in output_quantized
+            _set_submodule(model, name, layer)
     model.form = QUANTIZED_FORM
     model.quant_excluded = excluded
     model.quantize_dfl = quantize_dfl
     return model.eval()
+
+
+def for_flavour(qmodel: nn.Module, flavour: str) -> nn.Module:
+    """A copy of ``qmodel`` in the form a Q/DQ export flavour needs (see ``quant.export.QdqFlavour``).
+
+    ``"ort"``: as calibrated (unsigned activations after ReLUs, output quantizers). ``"trt"``: every activation
+    quantizer signed (same amax, scale ``amax / 127``) and no output quantizer, TensorRT's symmetric int8.
+
+    Raises:
+        ConfigError: an unknown flavour.
+    """
+    if flavour not in ("ort", "trt"):
+        raise ConfigError(f"unknown Q/DQ flavour {flavour!r}: use 'ort' or 'trt'")
+    model = copy.deepcopy(qmodel)
+    if flavour == "trt":
+        for layer in quant_layers(model).values():
+            layer.input_quantizer.set_unsigned_(False)
+            layer.output_quantizer.disable()
+    return model
 
 
 def quant_layers(model: nn.Module) -> dict[str, QuantConv2d]:
@@ -247,10 +337,12 @@ def load_quantized(path: str | os.PathLike, *, map_location: str | torch.device 
     meta = read_metadata(path)
     model = quantized_model_from_metadata(meta)
     state_dict = _read_tensors(Path(path), map_location)
-    for name, layer in quant_layers(model).items():  # size the empty input amax buffers to the stored ones
-        stored = state_dict.get(f"{name}.input_quantizer.amax")
-        if stored is not None:
-            layer.input_quantizer.amax = torch.empty(stored.shape)
+    for name, layer in quant_layers(model).items():  # size the empty amax buffers to the stored ones
+        for role, quantizer in (("input", layer.input_quantizer), ("output", layer.output_quantizer)):
+            stored = state_dict.get(f"{name}.{role}_quantizer.amax")
+            if stored is not None:
+                quantizer.amax = torch.empty(stored.shape)
+        layer.quantize_output = layer.output_quantizer.is_calibrated
     load_state_dict_checked(model, state_dict, source=str(path))
     disabled = set(meta["user"]["quantization"].get("disabled_layers", []))
     for name, layer in quant_layers(model).items():

@@ -20,6 +20,7 @@ from ..errors import ConfigError
 __all__ = [
     "MIN_SCALE",
     "qrange",
+    "unsigned_qrange",
     "symmetric_scale",
     "quantize",
     "dequantize",
@@ -97,13 +98,23 @@ def fake_quantize(x: Tensor, amax: Tensor | float, axis: int | None = None, num_
     return fake_quantize_scaled(x, symmetric_scale(amax, num_bits).to(x.device), axis, num_bits)
 
 
-def fake_quantize_scaled(x: Tensor, scale: Tensor, axis: int | None = None, num_bits: int = 8) -> Tensor:
+def unsigned_qrange(num_bits: int = 8) -> tuple[int, int]:
+    """The unsigned integer range ``(0, 2**b - 1)`` of ``num_bits`` (uint8: 0..255, zero point 0)."""
+    _, quant_max = qrange(num_bits)
+    return 0, 2 * quant_max + 1
+
+
+def fake_quantize_scaled(
+    x: Tensor, scale: Tensor, axis: int | None = None, num_bits: int = 8, unsigned: bool = False
+) -> Tensor:
     """``fake_quantize`` from a ready float32 ``scale`` (shape ``()`` or ``(C,)``; must be > 0).
 
     It adds no op besides torch's fake-quant op, so ``scale = amax_buffer / 127`` constant-folds in the
     TorchScript ONNX exporter and the exported QuantizeLinear/DequantizeLinear get initializer scales.
+    ``unsigned`` uses the range ``0..2**b - 1`` (zero point 0), which the exporter writes as uint8: the
+    resolution a non-negative tensor (after ReLU) gets from ONNX Runtime's uint8 kernels.
     """
-    quant_min, quant_max = qrange(num_bits)
+    quant_min, quant_max = unsigned_qrange(num_bits) if unsigned else qrange(num_bits)
     if axis is None:
         zero_point = torch.zeros((), dtype=torch.int32, device=x.device)
         return torch.fake_quantize_per_tensor_affine(x, scale, zero_point, quant_min, quant_max)

@@ -13,6 +13,15 @@ three states, switched outside ``forward``:
 An uncalibrated quantizer has an empty ``amax`` (shape ``(0,)``); a calibrated one has shape ``()`` per tensor
 or ``(C,)`` per channel. Loading a state_dict resizes ``amax`` to the stored shape.
 
+**Unsigned activations.** A per-tensor quantizer whose calibration data held no negative value (a ReLU output,
+a Concat or MaxPool of ReLU outputs, the image) becomes *unsigned*: range 0..255 with scale ``amax / 255``
+and zero point 0, exported as uint8. That is twice the resolution of symmetric int8 on the same range, and it
+is the form ONNX Runtime's x86 kernels need to fold the ReLU into the int8 conv (its Relu+Q fusion requires
+the zero point to be the type's minimum). ONNX Runtime's own ``quantize_static`` makes the same data-driven
+choice (its asymmetric range starts at the observed minimum, clamped to 0). TensorRT takes symmetric int8
+only: :func:`yolodeploy.quant.model.for_flavour` turns unsigned quantizers back into signed ones (same amax,
+scale ``amax / 127``) for the TensorRT export. The flag is the ``unsigned`` buffer, so checkpoints carry it.
+
 ``QuantConv2d`` keeps the original ``nn.Conv2d`` as its child ``conv`` (so its float parameters are
 ``conv.weight``/``conv.bias``, and ``to_conv()`` gives it back unchanged) and adds the children
 ``input_quantizer`` (per tensor) and ``weight_quantizer`` (per output channel, axis 0). A wrapper rather than a
@@ -22,6 +31,7 @@ a plain conv and drop its quantizers.
 
 from __future__ import annotations
 
+import math
 from enum import Enum
 from typing import Any
 
@@ -57,16 +67,42 @@ class TensorQuantizer(nn.Module):
 
     amax: Tensor
 
+    unsigned: Tensor
+
     def __init__(self, axis: int | None = None, num_bits: int = 8, num_bins: int = 2048) -> None:
         super().__init__()
-        self._quant_max = qrange(num_bits)[1]
+        self._signed_max = qrange(num_bits)[1]
         self.axis = axis
         self.num_bits = num_bits
         self.num_bins = num_bins
         self.state = QuantState.DISABLED
         self.register_buffer("amax", torch.empty(0))
+        self.register_buffer("unsigned", torch.tensor(False))
+        self._unsigned = False  # Python mirror of the buffer: export traces must not branch on a tensor
         self._histogram: Histogram | None = None
         self._running_max: Tensor | None = None
+        self._min_seen = math.inf
+
+    @property
+    def is_unsigned(self) -> bool:
+        """Whether the range is 0..2**b - 1 (uint8) rather than symmetric int8."""
+        return self._unsigned
+
+    @property
+    def quant_max(self) -> int:
+        """The largest code: 255 unsigned, 127 signed (8 bits); ``scale = amax / quant_max``."""
+        return 2 * self._signed_max + 1 if self.is_unsigned else self._signed_max
+
+    def set_unsigned_(self, unsigned: bool) -> None:
+        """Switch between unsigned (0..255) and signed (-128..127) codes; ``amax`` is kept.
+
+        Raises:
+            ConfigError: a per-channel quantizer (weights are always signed).
+        """
+        if unsigned and self.axis is not None:
+            raise ConfigError("per-channel (weight) quantizers are always signed")
+        self.unsigned.fill_(bool(unsigned))
+        self._unsigned = bool(unsigned)
 
     @property
     def is_calibrated(self) -> bool:
@@ -91,16 +127,23 @@ class TensorQuantizer(nn.Module):
         """Forget earlier statistics and record those of every following ``forward`` input."""
         self._histogram = Histogram(self.num_bins) if self.axis is None else None
         self._running_max = None
+        self._min_seen = math.inf
         self.state = QuantState.CALIBRATING
 
     def stop_calibration(
-        self, method: CalibMethod | str = CalibMethod.ENTROPY, enable: bool = True, **kwargs: Any
+        self,
+        method: CalibMethod | str = CalibMethod.ENTROPY,
+        enable: bool = True,
+        allow_unsigned: bool = True,
+        **kwargs: Any,
     ) -> Tensor:
         """Set ``amax`` from the recorded statistics, drop them, and enable (or disable) the quantizer.
 
         Args:
             method: "max", "percentile", "entropy" or "mse" (per-channel quantizers support only "max").
             enable: enable the quantizer afterwards; else disable it.
+            allow_unsigned: a per-tensor quantizer that saw no negative value becomes unsigned (0..255); the
+                entropy / MSE search then optimizes for 256 levels. False: always signed.
             **kwargs: passed to the amax search, e.g. ``percentile=99.99``.
 
         Returns:
@@ -121,6 +164,10 @@ class TensorQuantizer(nn.Module):
         else:
             if self._histogram is None or self._histogram.num_values == 0:
                 raise ConfigError("no calibration data: run forward passes between start_ and stop_calibration")
+            unsigned = allow_unsigned and self._min_seen >= 0
+            self.set_unsigned_(unsigned)
+            if unsigned and method in (CalibMethod.ENTROPY, CalibMethod.MSE):
+                kwargs = {"num_bits": self.num_bits, "unsigned": True, **kwargs}
             amax = torch.tensor(compute_amax(self._histogram, method, **kwargs))
         self._histogram, self._running_max = None, None
         self.set_amax_(amax)
@@ -130,7 +177,7 @@ class TensorQuantizer(nn.Module):
     def set_amax_(self, amax: Tensor | float) -> None:
         """Store ``amax`` (a scalar per tensor, one value per channel otherwise) in the buffer.
 
-        Values are floored at ``127 * MIN_SCALE`` (an all-zero tensor or channel still gets a positive scale), so
+        Values are floored at ``quant_max * MIN_SCALE`` (an all-zero tensor or channel still gets a positive scale), so
         ``forward`` computes the scale with one division, which the ONNX exporter folds into a constant.
 
         Raises:
@@ -140,7 +187,7 @@ class TensorQuantizer(nn.Module):
         amax = amax.reshape(()) if self.axis is None else amax.reshape(-1)
         if not bool(torch.isfinite(amax).all()) or bool((amax < 0).any()):
             raise ConfigError(f"amax must be finite and >= 0, got {amax}")
-        self.amax = amax.clamp(min=MIN_SCALE * self._quant_max).to(self.amax.device)
+        self.amax = amax.clamp(min=MIN_SCALE * self.quant_max).to(self.amax.device)
 
     def calibrate_weight_(self, weight: Tensor) -> None:
         """Set ``amax`` to ``max |weight|`` (per channel along ``axis``, or over the whole tensor)."""
@@ -153,13 +200,15 @@ class TensorQuantizer(nn.Module):
         """Record the statistics of one calibration input."""
         if self.axis is None:
             self._histogram.collect(x)
+            if x.numel():
+                self._min_seen = min(self._min_seen, float(x.detach().min()))
             return
         batch_max = per_channel_amax(x, self.axis)
         self._running_max = batch_max if self._running_max is None else torch.maximum(self._running_max, batch_max)
 
     def forward(self, x: Tensor) -> Tensor:
         if self.state is QuantState.ENABLED:
-            return fake_quantize_scaled(x, self.amax / self._quant_max, self.axis, self.num_bits)
+            return fake_quantize_scaled(x, self.amax / self.quant_max, self.axis, self.num_bits, self.is_unsigned)
         if self.state is QuantState.CALIBRATING:
             self._collect(x)
         return x
@@ -169,17 +218,25 @@ class TensorQuantizer(nn.Module):
         if stored is not None and stored.shape != self.amax.shape:
             self.amax = torch.empty(stored.shape, dtype=self.amax.dtype, device=self.amax.device)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        self.set_unsigned_(bool(self.unsigned))  # sync the mirror; a per-channel one cannot load unsigned
         with torch.no_grad():
-            self.amax.clamp_(min=MIN_SCALE * self._quant_max)
+            self.amax.clamp_(min=MIN_SCALE * self.quant_max)
 
     def extra_repr(self) -> str:
         granularity = "per_tensor" if self.axis is None else f"per_channel(axis={self.axis})"
         amax = "uncalibrated" if not self.is_calibrated else f"amax_shape={tuple(self.amax.shape)}"
-        return f"{granularity}, num_bits={self.num_bits}, state={self.state.value}, {amax}"
+        sign = ", unsigned" if self.is_unsigned else ""
+        return f"{granularity}, num_bits={self.num_bits}{sign}, state={self.state.value}, {amax}"
 
 
 class QuantConv2d(nn.Module):
     """An ``nn.Conv2d`` whose input (per tensor) and weight (per output channel) are fake-quantized.
+
+    An optional third quantizer, ``output_quantizer`` (per tensor), quantizes the conv's output. It is used only
+    where ``quantize_output`` is set (by :func:`yolodeploy.quant.model.quantize_model`: convs whose output does
+    not go straight into a ReLU, e.g. before a SiLU or a prediction conv) and only once calibrated: ONNX
+    Runtime runs a conv in int8 only when its output is quantized too (DQ -> Conv -> Q). ``enable`` turns it on
+    iff it has an amax, so an uncalibrated output quantizer (the TensorRT-style model) stays the identity.
 
     Example:
         >>> qconv = QuantConv2d.from_conv(conv)  # weight amax set, both quantizers disabled
@@ -201,6 +258,8 @@ class QuantConv2d(nn.Module):
         self.conv = conv
         self.input_quantizer = input_quantizer if input_quantizer is not None else TensorQuantizer()
         self.weight_quantizer = weight_quantizer if weight_quantizer is not None else TensorQuantizer(axis=0)
+        self.output_quantizer = TensorQuantizer()
+        self.quantize_output = False
 
     @classmethod
     def from_conv(cls, conv: nn.Conv2d, calibrate_weight: bool = True) -> QuantConv2d:
@@ -215,14 +274,25 @@ class QuantConv2d(nn.Module):
         return self.conv
 
     def enable(self) -> None:
-        """Enable both quantizers (each must be calibrated)."""
+        """Enable the input and weight quantizers (each must be calibrated), and the output one if calibrated."""
         self.input_quantizer.enable()
         self.weight_quantizer.enable()
+        if self.output_quantizer.is_calibrated:
+            self.output_quantizer.enable()
 
     def disable(self) -> None:
-        """Disable both quantizers: ``forward`` then equals the float conv exactly."""
+        """Disable every quantizer: ``forward`` then equals the float conv exactly."""
         self.input_quantizer.disable()
         self.weight_quantizer.disable()
+        self.output_quantizer.disable()
+
+    def quantizers(self) -> dict[str, TensorQuantizer]:
+        """The activation quantizers that calibration sets: ``input``, and ``output`` where ``quantize_output``."""
+        found = {"input": self.input_quantizer}
+        if self.quantize_output:
+            found["output"] = self.output_quantizer
+        return found
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.conv._conv_forward(self.input_quantizer(x), self.weight_quantizer(self.conv.weight), self.conv.bias)
+        weight = self.weight_quantizer(self.conv.weight)
+        return self.output_quantizer(self.conv._conv_forward(self.input_quantizer(x), weight, self.conv.bias))

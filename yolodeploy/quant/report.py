@@ -4,14 +4,20 @@ One markdown table and one JSON file, written next to each other. Only measured 
 was not measured reads ``—`` (and is absent from the JSON), never a guess. Speed-ups are computed only between
 latencies of the same ``results`` dict, i.e. measured in the same run on the same machine.
 
-``results`` layout (what :func:`yolodeploy.quant.ptq.run_ptq` produces; QAT rows can be added by the caller)::
+``results`` layout (what :func:`yolodeploy.quant.ptq.run_ptq` produces, the ``qat`` row with ``--qat``)::
 
-    {"rows": {"fp32": {"ap": 0.41, "ap50": 0.60, "latency_ms": {"1": 12.3, "32": 300.1}},
+    {"rows": {"fp32": {"ap": 0.41, "ap50": 0.60, "latency_ms": {"1": 12.3, "32": 300.1},
+                       "command": "yolodeploy quantize best.safetensors --data data --ptq --qat -o runs/q"},
               "ptq": {...}, "ptq_top6": {...}, "qat": {...}},
-     ...anything else (config, files, parity) is kept in the JSON as is}
+     ...anything else (config, files, parity, qat history) is kept in the JSON as is}
+
+The **record** of a run (:func:`quant_record`, ``yolodeploy quantize ... --json FILE``) is the rows alone, each
+with ``ap``, ``ap50``, ``latency_ms`` (ORT CPU p50 per batch size, when measured) and ``command`` (the argv that
+produced that model; null from the Python API): ``{"version": 1, "rows": {...}}``.
 
 Example:
     >>> md_path, json_path = write_report({"rows": {"fp32": {"ap": 0.41, "ap50": 0.6}}}, "runs/quant")
+    >>> write_record({"rows": {"fp32": {"ap": 0.41, "ap50": 0.6, "command": None}}}, "runs/quant.json")
 """
 
 from __future__ import annotations
@@ -25,9 +31,15 @@ from typing import Any
 from ..errors import ConfigError
 from ..utils.io import atomic_write_text
 
-__all__ = ["REPORT_STEM", "NOT_MEASURED", "row_label", "report_table", "write_report"]
+__all__ = [
+    "REPORT_STEM", "NOT_MEASURED", "RECORD_FIELDS", "row_label", "report_table", "write_report", "quant_record",
+    "write_record",
+]  # fmt: skip
 
 REPORT_STEM = "quant_report"
+RECORD_VERSION = 1
+#: The fields of one row of the record, in order (``latency_ms`` only when measured).
+RECORD_FIELDS = ("ap", "ap50", "latency_ms", "command")
 #: What a cell that was not measured shows.
 NOT_MEASURED = "—"
 _ORDER = ("fp32", "ptq", "ptq_top", "qat")
@@ -56,11 +68,16 @@ def _batch_sizes(rows: dict[str, dict[str, Any]]) -> list[str]:
     return sorted(sizes, key=int)
 
 
-def report_table(results: dict[str, Any]) -> str:
-    """The markdown table of ``results["rows"]``: AP, AP50, and per batch size p50 latency and speed-up vs FP32."""
+def _rows(results: dict[str, Any]) -> dict[str, dict[str, Any]]:
     rows = results.get("rows")
     if not isinstance(rows, dict) or not rows:
         raise ConfigError("the report needs results['rows'] with at least one model (e.g. 'fp32')")
+    return rows
+
+
+def report_table(results: dict[str, Any]) -> str:
+    """The markdown table of ``results["rows"]``: AP, AP50, and per batch size p50 latency and speed-up vs FP32."""
+    rows = _rows(results)
     sizes = _batch_sizes(rows)
     base = (rows.get("fp32") or {}).get("latency_ms") or {}
     header = ["model", "AP", "AP50"]
@@ -103,3 +120,24 @@ def write_report(results: dict[str, Any], out_dir: str | os.PathLike) -> tuple[P
     atomic_write_text(md_path, text)
     atomic_write_text(json_path, json.dumps(results, indent=1, default=str) + "\n")
     return md_path, json_path
+
+
+def quant_record(results: dict[str, Any]) -> dict[str, Any]:
+    """The record of a run: ``{"version": 1, "rows": {key: {ap, ap50, latency_ms, command}}}`` in report order.
+
+    Raises:
+        ConfigError: no rows.
+
+    Example:
+        >>> quant_record(run_ptq(config).to_dict())["rows"]["ptq"]["ap"]
+    """
+    rows = _rows(results)
+    picked = {key: {f: rows[key][f] for f in RECORD_FIELDS if f in rows[key]} for key in sorted(rows, key=_sort_key)}
+    return {"version": RECORD_VERSION, "rows": picked}
+
+
+def write_record(results: dict[str, Any], path: str | os.PathLike) -> Path:
+    """Write :func:`quant_record` of ``results`` to ``path`` (JSON, atomically); returns the path."""
+    path = Path(path)
+    atomic_write_text(path, json.dumps(quant_record(results), indent=1, default=str) + "\n")
+    return path

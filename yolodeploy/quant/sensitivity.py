@@ -55,7 +55,7 @@ from torch import Tensor, nn
 from ..errors import ConfigError
 from ..utils.choices import Choice
 from ..utils.io import atomic_write_text
-from .calibrate import calibrate, calibration_images
+from .calibrate import activation_quantizers, calibrate, calibration_images
 from .calibrators import CalibMethod
 from .model import disable_all, enable_all, quant_layers, quantize_model
 from .primitives import quant_error_stats
@@ -140,8 +140,8 @@ class SensitivityConfig:
     mode: SensitivityMode = SensitivityMode.ONE_ON
     ap_top: int = 0
     select_metric: SensitivityMetric = SensitivityMetric.MSE
-    method: CalibMethod = CalibMethod.ENTROPY
-    percentile: float = 99.99
+    method: CalibMethod = CalibMethod.PERCENTILE
+    percentile: float = 99.999
     images: int = 64
     calib_images: int = 512
     ap_images: int = 100
@@ -344,10 +344,11 @@ def _prepare_model(model: nn.Module, calib_batches: Iterable[Tensor] | None, con
     layers = quant_layers(qmodel)
     if calib_batches is not None:
         return qmodel, calibrate(qmodel, calib_batches, method=config.method, percentile=config.percentile)
-    if not all(layer.input_quantizer.is_calibrated for layer in layers.values()):
+    quantizers = activation_quantizers(qmodel)
+    if not layers or not all(quantizer.is_calibrated for quantizer in quantizers.values()):
         raise ConfigError("the model is not calibrated: pass calibration batches")
     enable_all(qmodel)
-    return qmodel, {name: float(layer.input_quantizer.amax) for name, layer in layers.items()}
+    return qmodel, {key: float(quantizer.amax) for key, quantizer in quantizers.items()}
 
 
 def _run(model: nn.Module, batches: Sequence[Tensor]) -> Tensor:
@@ -415,7 +416,7 @@ def analyze_sensitivity(
         model: a float zoo detector (quantized here, on a copy) or a model from :func:`quantize_model`, which is
             then changed in place: calibrated, and left with every quantizer enabled.
         calib_batches: calibration batches; ``None`` keeps a quantized model's existing amax.
-        config: what to measure (default: MSE, one-on, entropy calibration).
+        config: what to measure (default: MSE, one-on, percentile 99.999 calibration).
         heldout: batches the output metrics are computed on (held-out calibration images); default: the
             calibration batches themselves.
         eval_fn: ``eval_fn(model) -> AP`` of the model as currently switched; needed when ``"ap"`` is asked
