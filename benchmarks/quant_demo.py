@@ -7,8 +7,8 @@ Usage:
 Steps:
 
 1. **Ours**, as subprocesses with the exact argv recorded: ``yolodeploy quantize MODEL --data D --ptq --img 224
-   --calib-images N -o OUT/<key>`` for ``ptq``, the same with ``--sensitive-topk 6`` for ``ptq_top6``, and the QAT
-   command for ``qat`` when ``yolodeploy quantize --help`` offers a wired ``--qat``. Each run's
+   --calib-images N -o OUT/<key>`` for ``ptq``, the same with ``--sensitive-topk 6`` for ``ptq_top6``, and
+   ``--qat --epochs E`` for ``qat``. Each run's
    ``quant_report.json`` names the files it wrote. ``--skip-ours`` reuses ``OUT/<key>``; ``--from KEY=DIR``
    reuses any earlier run folder for one key.
 2. **Peers** on the FP32 ONNX file of our plain-PTQ run (``fp32.onnx``) with the very images our calibration used
@@ -69,18 +69,12 @@ def yolodeploy_exe() -> list[str]:
     return [str(script)] if script.exists() else [sys.executable, "-c", "from yolodeploy.cli.main import main; main()"]
 
 
-def qat_flags(epochs: int) -> list[str] | None:
-    """The QAT options of ``yolodeploy quantize`` if ``--qat`` is wired (None: not available yet)."""
-    help_text = subprocess.run([*yolodeploy_exe(), "quantize", "--help"], capture_output=True, text=True).stdout
-    if "--qat" not in help_text or "not wired" in " ".join(help_text.split()):
-        return None
-    for option in ("--qat-epochs", "--epochs"):
-        if option in help_text:
-            return ["--qat", option, str(epochs)]
-    return ["--qat"]
+def qat_flags(epochs: int) -> list[str]:
+    """The QAT options of ``yolodeploy quantize`` (QAT starts from the plain PTQ calibration)."""
+    return ["--qat", "--epochs", str(epochs)]
 
 
-def our_commands(args: argparse.Namespace, qat: list[str] | None) -> dict[str, list[str]]:
+def our_commands(args: argparse.Namespace, qat: list[str]) -> dict[str, list[str]]:
     """The ``yolodeploy quantize`` argv of each of our models (without the executable path)."""
     base = ["yolodeploy", "quantize", args.model, "--data", args.data, "--img", str(args.img)]
     base += ["--calib-images", str(args.calib_images)]
@@ -89,8 +83,7 @@ def our_commands(args: argparse.Namespace, qat: list[str] | None) -> dict[str, l
         "ptq": [*base, "--ptq", "-o", str(out / "ptq")],
         "ptq_top6": [*base, "--ptq", "--sensitive-topk", str(args.topk), "-o", str(out / "ptq_top6")],
     }
-    if qat is not None:
-        commands["qat"] = [*base, *qat, "-o", str(out / "qat")]
+    commands["qat"] = [*base, *qat, "-o", str(out / "qat")]
     return commands
 
 
@@ -312,10 +305,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def collect_ours(args: argparse.Namespace) -> dict[str, dict]:
-    """Run (or reuse) our three pipelines; a missing QAT CLI becomes an error row."""
-    qat = qat_flags(args.qat_epochs)
-    commands = our_commands(args, qat)
-    rows = {} if qat is not None else {"qat": {"error": "yolodeploy quantize --qat is not wired in this checkout"}}
+    """Run (or reuse) our three pipelines."""
+    commands = our_commands(args, qat_flags(args.qat_epochs))
+    rows = {}
     for key, argv in commands.items():
         folder = Path(args.reuse.get(key, Path(args.out) / key))
         rows[key] = run_ours(key, argv, folder, skip=args.skip_ours or key in args.reuse)

@@ -81,3 +81,27 @@ def test_env_prints_backends():
     assert report["backends"]["torch"]["version"] == torch.__version__
     tensorrt = report["backends"]["tensorrt"]
     assert tensorrt["available"] or "pip install yolodeploy[tensorrt]" in tensorrt["reason"]
+
+
+def test_build_engine_int8_on_ort_counts_int8_kernels(tmp_path):
+    from yolodeploy.models import create_model
+    from yolodeploy.quant.calibrate import calibrate
+    from yolodeploy.quant.export import export_qdq_onnx
+    from yolodeploy.quant.model import quantize_model
+
+    torch.manual_seed(0)
+    qmodel = quantize_model(create_model("yolov6n", num_classes=2))
+    calibrate(qmodel, [torch.rand(2, 3, 64, 64)])
+    qdq = export_qdq_onnx(qmodel, tmp_path / "q_ort.onnx", img_size=64, flavour="ort")
+    out = tmp_path / "q.ort.onnx"
+    result = run_cli("build-engine", str(qdq), "--int8", "--backend", "ort", "-o", str(out))
+    assert result.exit_code == 0, result.output
+    assert out.is_file() and "int8 kernels (ORT CPU" in result.output
+    kernels = result.output.split("int8 kernels")[1]
+    assert int(kernels.split("QLinearConv ")[1].split(",")[0]) >= 60  # of 69 quantized convs
+
+
+def test_build_engine_int8_on_ort_refuses_a_float_graph(tiny, tmp_path):
+    result = run_cli("build-engine", str(tiny[0]), "--int8", "--backend", "ort", "-o", str(tmp_path / "x.onnx"))
+    assert_one_line_error(result, "has no Q/DQ nodes", "yolodeploy quantize")
+    assert list(tmp_path.iterdir()) == []

@@ -7,7 +7,7 @@ import click
 __all__ = ["COMMANDS"]
 
 # Options that only mean something to TensorRT (refused with --backend ort rather than silently ignored).
-TRT_OPTIONS = ("fp16", "int8", "bs", "opt_bs", "min_shape", "opt_shape", "max_shape", "workspace", "timing_cache")
+TRT_OPTIONS = ("fp16", "bs", "opt_bs", "min_shape", "opt_shape", "max_shape", "workspace", "timing_cache")
 
 
 @click.command("build-engine")
@@ -15,7 +15,11 @@ TRT_OPTIONS = ("fp16", "int8", "bs", "opt_bs", "min_shape", "opt_shape", "max_sh
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="trt: default MODEL.engine; ort: MODEL.ort.onnx.")
 @click.option("--backend", type=click.Choice(["trt", "ort"]), default="trt", show_default=True)
 @click.option("--fp16", is_flag=True, help="trt: allow fp16 kernels (TensorRT 11: needs an fp16 ONNX).")
-@click.option("--int8", is_flag=True, help="trt: int8 from the ONNX's Q/DQ nodes (run `yolodeploy quantize` first).")
+@click.option(
+    "--int8",
+    is_flag=True,
+    help="int8 from the ONNX's Q/DQ nodes (run `yolodeploy quantize` first; ort: its *_ort.onnx).",
+)
 @click.option("--bs", help="trt: batch sizes the engine takes, e.g. 1,32 (profile min..max; default 1).")
 @click.option("--opt-bs", type=int, help="trt: the batch TensorRT tunes for (default: the largest of --bs).")
 @click.option("--min-shape", multiple=True, help="trt: explicit profile instead of --bs, e.g. 1x3x640x640.")
@@ -44,7 +48,12 @@ def build_engine_command(onnx_path: str, output: str | None, backend: str, no_in
             raise ConfigError(f"{', '.join(given)}: TensorRT options, they do not apply to --backend ort")
         from ..deploy.ort_build import optimize_onnx
 
+        if options["int8"]:
+            _check_has_qdq(onnx_path)
         report = optimize_onnx(onnx_path, output, level=level, threads=threads)
+        if options["int8"]:
+            click.echo("\n".join(report.lines()))
+            report = _Int8Kernels(onnx_path)
     else:
         if threads is not None:
             raise ConfigError("--threads applies to --backend ort only")
@@ -65,6 +74,34 @@ def build_engine_command(onnx_path: str, output: str | None, backend: str, no_in
             inspect=not no_inspect,
         )
     click.echo("\n".join(report.lines()))
+
+
+def _check_has_qdq(onnx_path: str) -> None:
+    """Refuse ``--int8`` on a graph without Q/DQ nodes (ONNX Runtime would run it in float)."""
+    import onnx
+
+    from ..errors import ConfigError, ExportError
+    from ..quant.export import count_qdq_nodes
+
+    try:
+        model = onnx.load(onnx_path, load_external_data=False)
+    except Exception as exc:  # onnx raises DecodeError / OSError variants
+        raise ExportError(f"{onnx_path}: not a readable ONNX file ({exc})") from exc
+    if not count_qdq_nodes(model):
+        raise ConfigError(f"--int8: {onnx_path} has no Q/DQ nodes; run `yolodeploy quantize` first")
+
+
+class _Int8Kernels:
+    """The ``--int8 --backend ort`` summary: how many convs ONNX Runtime runs as int8 kernels."""
+
+    def __init__(self, onnx_path: str) -> None:
+        from ..quant.export import ort_fusion_summary
+
+        self.ops = ort_fusion_summary(onnx_path)
+
+    def lines(self) -> list[str]:
+        ops = ", ".join(f"{op} {count}" for op, count in self.ops.items())
+        return [f"  int8 kernels (ORT CPU, all optimizations): {ops}"]
 
 
 COMMANDS = [build_engine_command]

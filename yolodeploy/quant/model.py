@@ -142,6 +142,7 @@ def conv_readers(model: nn.Module, img_size: int = 64) -> dict[str, set[type]]:
             readers[produced[id(args[0])]].add(type(module))
         if id(module) in convs:
             produced[id(output)] = convs[id(module)]
+
     handles = [m.register_forward_hook(hook) for m in model.modules()]
     was_training = model.training
     try:
