@@ -39,10 +39,10 @@ def test_plain_ptq_writes_everything_and_passes_parity(plain):
         assert 0 <= row["ap"] <= 1 and 0 <= row["ap50"] <= 1
     assert not plain.cached
     report = json.loads(open(plain.files["report_json"]).read())
-    assert report["rows"] == plain.rows and report["config"]["method"] == "entropy"
+    assert report["rows"] == plain.rows and report["config"]["method"] == "percentile"
     assert "| FP32 |" in open(plain.files["report_md"]).read()
     meta = read_metadata(plain.files["int8_checkpoint"])["user"]
-    assert meta["calibration"]["method"] == "entropy" and len(meta["calibration"]["manifest_sha256"]) == 64
+    assert meta["calibration"]["method"] == "percentile" and len(meta["calibration"]["manifest_sha256"]) == 64
     load_quantized(plain.files["int8_checkpoint"])  # round-trips
 
 
