@@ -28,6 +28,7 @@ import numpy as np
 
 from yolodeploy.deploy.export import INPUT_NAME
 from yolodeploy.quant.calibrate import calibration_batches
+from yolodeploy.utils.io import atomic_path
 
 __all__ = ["PEERS", "ORT_SETTINGS", "NNCF_SETTINGS", "peer_samples", "ort_quantize_static", "nncf_ptq"]
 
@@ -84,15 +85,14 @@ def ort_quantize_static(
     """
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
-    out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    quantize_static(
-        str(fp32_onnx), str(out_path), _Reader(calib_paths, img_size), quant_format=QuantFormat.QDQ,
-        per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-        calibrate_method=CalibrationMethod.MinMax,
-    )  # fmt: skip
-    return out_path, time.perf_counter() - start
+    with atomic_path(out_path) as tmp:
+        quantize_static(
+            str(fp32_onnx), str(tmp), _Reader(calib_paths, img_size), quant_format=QuantFormat.QDQ,
+            per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+            calibrate_method=CalibrationMethod.MinMax,
+        )  # fmt: skip
+    return Path(out_path), time.perf_counter() - start
 
 
 def nncf_ptq(
@@ -116,13 +116,11 @@ def nncf_ptq(
     import nncf
     import onnx
 
-    out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    model = onnx.load(str(fp32_onnx))
-    quantized = nncf.quantize(model, nncf.Dataset(list(peer_samples(calib_paths, img_size))))
-    onnx.save(quantized, str(out_path))
-    return out_path, time.perf_counter() - start
+    quantized = nncf.quantize(onnx.load(str(fp32_onnx)), nncf.Dataset(list(peer_samples(calib_paths, img_size))))
+    with atomic_path(out_path) as tmp:
+        onnx.save(quantized, str(tmp))
+    return Path(out_path), time.perf_counter() - start
 
 
 PEERS: dict[str, Any] = {"ort_quantize_static": ort_quantize_static, "nncf": nncf_ptq}

@@ -7,7 +7,6 @@ import onnx
 import pytest
 import torch
 
-from yolodeploy.core.data.synth import synthesize_dataset
 from yolodeploy.core.init import randomize_for_verification_
 from yolodeploy.deploy.onnx_utils import onnx_opset
 from yolodeploy.deploy.qdq_passes import eliminate_redundant_qdq, fold_weight_quantizers
@@ -31,10 +30,8 @@ pytestmark = pytest.mark.usefixtures("single_thread_torch")
 
 
 @pytest.fixture(scope="module")
-def images(tmp_path_factory):
-    root = tmp_path_factory.mktemp("qdq") / "synth"
-    synthesize_dataset(root, images=12, classes=2, img_size=64, seed=0)
-    return calibration_images(root, split="train", count=4)
+def images(tiny_dataset):
+    return calibration_images(tiny_dataset, split="train", count=4)
 
 
 @pytest.fixture(scope="module")

@@ -53,7 +53,8 @@ def build_engine_command(onnx_path: str, output: str | None, backend: str, no_in
         report = optimize_onnx(onnx_path, output, level=level, threads=threads)
         if options["int8"]:
             click.echo("\n".join(report.lines()))
-            report = _Int8Kernels(onnx_path)
+            click.echo(_int8_kernels_line(onnx_path))
+            return
     else:
         if threads is not None:
             raise ConfigError("--threads applies to --backend ort only")
@@ -78,30 +79,19 @@ def build_engine_command(onnx_path: str, output: str | None, backend: str, no_in
 
 def _check_has_qdq(onnx_path: str) -> None:
     """Refuse ``--int8`` on a graph without Q/DQ nodes (ONNX Runtime would run it in float)."""
-    import onnx
+    from ..deploy.onnx_utils import has_qdq, load_onnx_checked
+    from ..errors import ConfigError
 
-    from ..errors import ConfigError, ExportError
-    from ..quant.export import count_qdq_nodes
-
-    try:
-        model = onnx.load(onnx_path, load_external_data=False)
-    except Exception as exc:  # onnx raises DecodeError / OSError variants
-        raise ExportError(f"{onnx_path}: not a readable ONNX file ({exc})") from exc
-    if not count_qdq_nodes(model):
+    if not has_qdq(load_onnx_checked(onnx_path)):
         raise ConfigError(f"--int8: {onnx_path} has no Q/DQ nodes; run `yolodeploy quantize` first")
 
 
-class _Int8Kernels:
+def _int8_kernels_line(onnx_path: str) -> str:
     """The ``--int8 --backend ort`` summary: how many convs ONNX Runtime runs as int8 kernels."""
+    from ..quant.export import ort_fusion_summary
 
-    def __init__(self, onnx_path: str) -> None:
-        from ..quant.export import ort_fusion_summary
-
-        self.ops = ort_fusion_summary(onnx_path)
-
-    def lines(self) -> list[str]:
-        ops = ", ".join(f"{op} {count}" for op, count in self.ops.items())
-        return [f"  int8 kernels (ORT CPU, all optimizations): {ops}"]
+    ops = ", ".join(f"{op} {count}" for op, count in ort_fusion_summary(onnx_path).items())
+    return f"  int8 kernels (ORT CPU, all optimizations): {ops}"
 
 
 COMMANDS = [build_engine_command]

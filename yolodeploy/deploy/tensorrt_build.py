@@ -31,7 +31,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime
-import hashlib
 import json
 import os
 import re
@@ -43,7 +42,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import BackendUnavailableError, ConfigError, EngineError, EngineMismatchError
-from ..utils.io import atomic_path
+from ..utils.io import atomic_path, file_sha256
 from .runners.base import ShapeBounds, TensorMeta, format_shape
 
 __all__ = [
@@ -329,14 +328,6 @@ def sidecar_path(engine_path: str | os.PathLike) -> Path:
 def layers_path(engine_path: str | os.PathLike) -> Path:
     """``model.engine`` -> ``model.engine.layers.json``."""
     return Path(f"{os.fspath(engine_path)}.layers.json")
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _meta_dict(meta: TensorMeta) -> dict[str, Any]:

@@ -37,7 +37,7 @@ from torch import Tensor, nn
 from .. import __version__
 from ..core.preprocess import letterbox, list_images, load_image, to_tensor_batch
 from ..errors import CalibrationError, ConfigError, ImageError
-from ..utils.io import atomic_write_text
+from ..utils.io import atomic_write_text, file_sha256
 from .calibrators import CalibMethod
 from .model import enable_all, quant_layers
 from .quantizer import QuantState, TensorQuantizer
@@ -227,15 +227,6 @@ def apply_amax(qmodel: nn.Module, amax: dict[str, float], unsigned: Iterable[str
 
 
 # -- manifest and cache ----------------------------------------------------------------------------------------
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    """The sha256 hex digest of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def model_hash(model: nn.Module) -> str:

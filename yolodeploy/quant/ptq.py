@@ -336,7 +336,7 @@ def _export_checked(qmodel: nn.Module, run: _Run, stem: str, role: str) -> Path:
     for flavour in ("ort", "trt"):
         proto, _ = build_qdq_graph(qmodel, img_size=config.img_size, flavour=flavour)
         batches = calibration_batches(run.heldout, config.img_size, config.batch, border=config.border)
-        parity = check_qdq_parity(qmodel, proto, batches)
+        parity = check_qdq_parity(qmodel, proto, batches, flavour=flavour)
         run.parity[f"{role}_{flavour}"] = parity.to_dict()
         if not parity.ok:
             raise ExportError(
