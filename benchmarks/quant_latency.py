@@ -1,0 +1,63 @@
+"""ONNX Runtime CPU latency of several ONNX files, interleaved in one process (the README's quantization table).
+
+Usage:
+    python benchmarks/quant_latency.py --img 224 FP32.onnx INT8.onnx [MORE.onnx ...]
+
+Per batch size (1 with 20 calls per round, 32 with 3), one warm-up call per model, then 5 rounds in which every
+model runs its calls in turn, so all models share the same background load; the figure is the median call time
+and the speed-up is relative to the FIRST file. ``intra_op_num_threads=2``, all graph optimizations, one random
+input per batch size shared by all models. Prints one line per model and batch size.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+
+ROUNDS = 5
+CALLS_PER_ROUND = {1: 20, 32: 3}
+
+
+def session(path: str, threads: int):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    return ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+
+
+def time_models(paths: list[str], img: int, batch: int, calls: int, threads: int) -> dict[str, float]:
+    """Median milliseconds per call of each model, interleaved round by round."""
+    sessions = [session(path, threads) for path in paths]
+    x = np.random.rand(batch, 3, img, img).astype(np.float32)
+    feeds = [{s.get_inputs()[0].name: x} for s in sessions]
+    for s, feed in zip(sessions, feeds):
+        s.run(None, feed)
+    times: dict[str, list[float]] = {path: [] for path in paths}
+    for _ in range(ROUNDS):
+        for path, s, feed in zip(paths, sessions, feeds):
+            for _ in range(calls):
+                start = time.perf_counter()
+                s.run(None, feed)
+                times[path].append(time.perf_counter() - start)
+    return {path: float(np.median(t)) * 1e3 for path, t in times.items()}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("models", nargs="+", help="ONNX files; the first is the baseline of the speed-up")
+    parser.add_argument("--img", type=int, default=224)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args(argv)
+    for batch, calls in CALLS_PER_ROUND.items():
+        medians = time_models(args.models, args.img, batch, calls, args.threads)
+        base = medians[args.models[0]]
+        for path, ms in medians.items():
+            print(f"bs{batch} {path:40s} {ms:8.2f} ms  x{base / ms:.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
