@@ -26,6 +26,7 @@ from yolodeploy.quant.model import (
     save_quantized,
     set_layer_enabled,
 )
+from yolodeploy.quant.quantizer import QuantSiLU
 
 pytestmark = pytest.mark.usefixtures("single_thread_torch")
 
@@ -164,6 +165,12 @@ def test_output_quantizers_are_the_head_convs_before_silu(yolov6n):
     assert not any(
         layer.quantize_output for layer in quant_layers(quantize_model(yolov6n, quantize_outputs=False)).values()
     )
+    # each of those convs is read by its block's SiLU, now a QuantSiLU bound to the conv's output quantizer
+    silus = {name: m for name, m in qmodel.named_modules() if isinstance(m, QuantSiLU)}
+    assert set(silus) == {name.replace(".conv", ".act") for name in head}
+    assert all(silus[n.replace(".conv", ".act")]._source[0] is quant_layers(qmodel)[n].output_quantizer for n in head)
+    assert not any(isinstance(m, QuantSiLU) for m in quantize_model(yolov6n, quantize_outputs=False).modules())
+    assert not any(isinstance(m, QuantSiLU) for m in yolov6n.modules())  # the float model is untouched
 
 
 def test_for_flavour(yolov6n, sample):
@@ -181,5 +188,11 @@ def test_for_flavour(yolov6n, sample):
     assert ort is not qmodel and _signature(ort) == before
     with torch.no_grad():
         assert torch.equal(ort(sample), qmodel(sample)) and not torch.equal(trt(sample), qmodel(sample))
+    silus = [m for m in trt.modules() if isinstance(m, QuantSiLU)]  # TensorRT fuses the SiLU itself: float gates
+    assert (
+        silus and not any(m.active for m in silus) and all(m.active for m in ort.modules() if isinstance(m, QuantSiLU))
+    )
+    own = {id(layer.output_quantizer) for layer in quant_layers(trt).values()}
+    assert all(id(m._source[0]) in own for m in silus)  # deepcopy keeps each bound to its own copy's quantizer
     with pytest.raises(ConfigError, match="'ort' or 'trt'"):
         for_flavour(qmodel, "bogus")

@@ -99,9 +99,25 @@ def test_record_holds_every_row_with_its_command(plain, tmp_path):
 def test_max_ap_drop_records_each_greedy_step(plain, tiny_checkpoint, tiny_dataset, tmp_path):
     cache = str(Path(plain.files["fp32_onnx"]).parent / "calib_cache")
     result = run_ptq(
-        _config(tiny_checkpoint, tiny_dataset, tmp_path, sensitive_topk=1, max_ap_drop=0.0, cache_dir=cache)
+        _config(
+            tiny_checkpoint,
+            tiny_dataset,
+            tmp_path,
+            sensitive_topk=1,
+            max_ap_drop=0.0,
+            cache_dir=cache,
+            bench_batch_sizes=(1,),
+            bench_iters=2,
+        )  # fmt: skip
     )
     assert result.greedy and result.greedy[0]["float_layers"] == 1
+    # with --bench every step has its INT8 model's latency, and each later step the cost of the layer it added
+    assert all(set(step["latency_ms"]) == {"1"} and step["latency_ms"]["1"] > 0 for step in result.greedy)
+    assert "latency_cost_ms" not in result.greedy[0]
+    for before, step in zip(result.greedy, result.greedy[1:]):
+        assert step["latency_cost_ms"]["1"] == pytest.approx(step["latency_ms"]["1"] - before["latency_ms"]["1"])
+    report = Path(result.files["report_md"]).read_text()
+    assert "## --max-ap-drop steps" in report and "bs1 cost ms" in report
     assert [step["float_layers"] for step in result.greedy] == list(range(1, len(result.greedy) + 1))
     assert result.greedy[-1]["ap_drop"] <= 0.0 and len(result.float_layers) == result.greedy[-1]["float_layers"]
     assert json.loads(Path(result.files["report_json"]).read_text())["greedy"] == result.greedy

@@ -9,7 +9,7 @@ import torch
 
 from yolodeploy.core.init import randomize_for_verification_
 from yolodeploy.deploy.onnx_utils import onnx_opset
-from yolodeploy.deploy.qdq_passes import eliminate_redundant_qdq, fold_weight_quantizers
+from yolodeploy.deploy.qdq_passes import ORT_INT8_OPS, eliminate_redundant_qdq, fold_weight_quantizers
 from yolodeploy.deploy.runners.onnxrt import OnnxRuntimeRunner
 from yolodeploy.errors import ConfigError
 from yolodeploy.models import create_model
@@ -25,6 +25,7 @@ from yolodeploy.quant.export import (
     ort_fusion_summary,
 )
 from yolodeploy.quant.model import for_flavour, quant_layers, quantize_model
+from yolodeploy.quant.quantizer import QuantSiLU
 
 pytestmark = pytest.mark.usefixtures("single_thread_torch")
 
@@ -136,18 +137,20 @@ def test_ort_flavour_matches_its_fake_quant(qmodel, exported, images):
 
 def test_ort_passes_are_exact(qmodel, images):
     traced = _trace(for_flavour(qmodel, "ort"), (64, 64), 13, True)
-    plain = fold_weight_quantizers(eliminate_redundant_qdq(traced, keep_conv_outputs=True))
+    plain = fold_weight_quantizers(eliminate_redundant_qdq(traced, keep_conv_outputs=True, int8_ops=ORT_INT8_OPS))
     batch = next(calibration_batches(images, 64))
     assert np.array_equal(_run(plain, batch), _run(_ort_passes(traced), batch))
 
 
 def test_ort_flavour_runs_the_quantized_convs_in_int8(qmodel, exported):
     summary = ort_fusion_summary(exported["ort"])
-    assert set(summary) == {"QLinearConv", "Conv", "FusedConv", "DequantizeLinear"}
+    assert set(summary) == {"QLinearConv", "Conv", "FusedConv", "QLinearSigmoid", "QLinearMul", "DequantizeLinear"}
     # all but the two neck convs whose ReLU also feeds a float ConvTranspose (the upsample is not quantized)
     # all but: 2 convs whose ReLU output also feeds the float ConvTranspose, 6 prediction convs (float outputs)
     assert summary["QLinearConv"] == len(quant_layers(qmodel)) - 8 and summary["FusedConv"] == 2, summary
     assert summary["Conv"] == 6, summary
+    silus = sum(isinstance(m, QuantSiLU) for m in qmodel.modules())  # the head's 9 SiLUs, each fully int8
+    assert silus == 9 and summary["QLinearSigmoid"] == summary["QLinearMul"] == silus, summary
     assert ort_fusion_summary(exported["trt"])["QLinearConv"] == 0  # no Q after the convs: float kernels
     _, report = build_qdq_graph(qmodel, img_size=64, flavour="ort")
     assert report.ort_ops == summary and any(line.startswith("ort kernels") for line in report.lines())

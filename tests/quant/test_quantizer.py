@@ -12,6 +12,7 @@ from torch import nn
 from yolodeploy.errors import ConfigError
 from yolodeploy.quant import QuantConv2d, QuantState, TensorQuantizer, fake_quantize, symmetric_scale
 from yolodeploy.quant.calibrators import Histogram, compute_amax
+from yolodeploy.quant.quantizer import QuantSiLU
 
 
 def _calibrated(x: torch.Tensor, method: str = "max", **kwargs) -> TensorQuantizer:
@@ -177,6 +178,20 @@ def test_quant_conv2d_output_quantizer():
         assert torch.allclose(codes, codes.round(), atol=1e-4) and codes.abs().max() <= 128
         qconv.disable()
         assert torch.equal(qconv(x), conv(x))
+
+
+def test_quant_silu_quantizes_its_gate_only_while_its_source_is_enabled():
+    source = TensorQuantizer()
+    source.set_amax_(4.0)
+    act, x = QuantSiLU(source), torch.linspace(-6, 6, 96)  # no zero: the gate is act(x) / x
+    for state in (QuantState.DISABLED, QuantState.CALIBRATING):
+        source.state = state
+        assert not act.active and torch.equal(act(x), nn.functional.silu(x))  # bit-identical to nn.SiLU
+    source.enable()
+    codes = act(x) / x * 255  # uint8 codes of the fixed scale 1/255 (hand-computed: round(sigmoid(x) * 255))
+    assert act.active and torch.allclose(codes, (torch.sigmoid(x) * 255).round(), atol=1e-3)
+    assert (act(x) - nn.functional.silu(x)).abs().max() <= 6 * 0.5 / 255 + 1e-6  # |x| * half a step
+    assert QuantSiLU()(x).equal(nn.functional.silu(x)) and not list(act.children())  # source: not a child
 
 
 def test_enable_leaves_an_uncalibrated_output_quantizer_disabled():

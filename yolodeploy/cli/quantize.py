@@ -41,6 +41,8 @@ _QAT_FIELDS = {"epochs": "epochs", "distill": "distill", "qat_lr": "lr", "qat_ba
 @click.option("--percentile", default=99.999, show_default=True, help="Percentile for --method percentile.")
 @click.option("--calib-images", default=512, show_default=True, help="Calibration images (or the split size).")
 @click.option("--heldout-images", default=8, show_default=True, help="Held-out calib images for parity/sensitivity.")
+@click.option("--sensitivity-images", default=64, show_default=True,
+              help="Images of the sensitivity ranking: the held-out ones, then calibration images.")  # fmt: skip
 @click.option("--val-images", type=int, default=None, help="Val images for AP (seeded subset) [default: all].")
 @click.option("--img", "img_size", default=224, show_default=True, help="Square letterbox size (multiple of 32).")
 @click.option("--border", default=0, show_default=True, help="Gray letterbox frame in pixels (YOLOv6 §3.1).")
@@ -77,7 +79,8 @@ def quantize_command(model: str, data: str, ptq: bool, qat: bool, bench: bool, b
     qat_config = _qat_config(qat, options)
     config = PTQConfig(
         model=model, data=data, bench_batch_sizes=batch_sizes if bench else (), bench_iters=options.pop("iters"),
-        calib_images=options.pop("calib_images"), heldout_images=options.pop("heldout_images"), qat=qat_config,
+        calib_images=options.pop("calib_images"), heldout_images=options.pop("heldout_images"),
+        sensitivity_images=options.pop("sensitivity_images"), qat=qat_config,
         command=shlex.join(["yolodeploy", *sys.argv[1:]]), **options,
     )  # fmt: skip
     result = run_ptq(config)

@@ -36,6 +36,7 @@ import onnx_graphsurgeon as gs
 
 __all__ = [
     "INT8_CONSUMER_OPS",
+    "ORT_INT8_OPS",
     "PASS_THROUGH_OPS",
     "VALUE_SELECTING_OPS",
     "TiedGroup",
@@ -67,6 +68,8 @@ INT8_CONSUMER_OPS = frozenset(
         "GlobalAveragePool",
     }
 )
+#: ONNX Runtime's int8 consumers: also Sigmoid and Mul (QLinearSigmoid / QLinearMul, uint8 activations only).
+ORT_INT8_OPS = INT8_CONSUMER_OPS | frozenset({"Sigmoid", "Mul"})
 #: Ops whose output values are a subset of (or interpolate between) their input values: the Q after them can take
 #: the input's scale unchanged, so no re-quantization is needed.
 PASS_THROUGH_OPS = frozenset({"MaxPool", "Resize", "Upsample"})
@@ -357,14 +360,14 @@ def _collapse_requantization(graph: gs.Graph) -> bool:
     return False
 
 
-def _feeds_only_float(graph: gs.Graph, q: gs.Node) -> bool:
+def _feeds_only_float(graph: gs.Graph, q: gs.Node, int8_ops: frozenset[str]) -> bool:
     consumers = list(q.outputs[0].outputs)
     if not consumers or any(node.op != "DequantizeLinear" for node in consumers):
         return False
     if any(tensor is q.outputs[0] for tensor in graph.outputs):
         return False
     uses = [node for dq in consumers for node in dq.outputs[0].outputs]
-    return all(node.op not in INT8_CONSUMER_OPS and node.op != "QuantizeLinear" for node in uses)
+    return all(node.op not in int8_ops and node.op != "QuantizeLinear" for node in uses)
 
 
 def _bypass_pair(graph: gs.Graph, q: gs.Node) -> bool:
@@ -402,7 +405,9 @@ def _completes_int8_conv(q: gs.Node) -> bool:
     return bool(data.inputs) and data.inputs[0].op == "DequantizeLinear"
 
 
-def eliminate_redundant_qdq(model: onnx.ModelProto, *, keep_conv_outputs: bool = False) -> onnx.ModelProto:
+def eliminate_redundant_qdq(
+    model: onnx.ModelProto, *, keep_conv_outputs: bool = False, int8_ops: frozenset[str] = INT8_CONSUMER_OPS
+) -> onnx.ModelProto:
     """Remove Q/DQ nodes that cannot speed anything up.
 
     * Consecutive re-quantization with the same scale/zero point/axis, Q -> DQ -> Q -> DQ, becomes one Q -> DQ
@@ -414,6 +419,8 @@ def eliminate_redundant_qdq(model: onnx.ModelProto, *, keep_conv_outputs: bool =
     * ``keep_conv_outputs=True`` (the ONNX Runtime flavour) keeps a pair whose Q reads the output of a conv with a
       quantized input, even when its DQs feed only float ops: ORT runs a conv in int8 (QLinearConv) only as
       DQ -> Conv -> Q, so that Q is what makes the conv fast.
+    * ``int8_ops``: what counts as an int8 consumer (the ONNX Runtime flavour passes :data:`ORT_INT8_OPS`, which
+      adds Sigmoid and Mul: ORT runs a quantized SiLU as QLinearSigmoid + QLinearMul).
 
     Example:
         >>> lean = eliminate_redundant_qdq(onnx.load("model_qdq.onnx"))
@@ -425,7 +432,7 @@ def eliminate_redundant_qdq(model: onnx.ModelProto, *, keep_conv_outputs: bool =
     for q in [node for node in graph.nodes if is_activation_q(node)]:
         if keep_conv_outputs and q.inputs and _completes_int8_conv(q):
             continue
-        if q.outputs and _feeds_only_float(graph, q):
+        if q.outputs and _feeds_only_float(graph, q, int8_ops):
             _bypass_pair(graph, q)
     return _export(graph, model)
 

@@ -64,6 +64,7 @@ from ..deploy.nms import RAW_OUTPUT_NAME
 from ..deploy.onnx_utils import check_opset
 from ..deploy.qdq_check import Violation, check_trt_qdq_rules
 from ..deploy.qdq_passes import (
+    ORT_INT8_OPS,
     TieScalesReport,
     eliminate_redundant_qdq,
     fold_weight_quantizers,
@@ -98,7 +99,7 @@ DEFAULT_MAX_FRACTION = 0.02
 MAX_MEAN_STEPS = 0.25
 #: The ops :func:`ort_fusion_summary` counts: int8 convs, float convs (plain / with a fused activation), and the
 #: DequantizeLinear nodes left between int8 and float kernels.
-FUSION_OPS = ("QLinearConv", "Conv", "FusedConv", "DequantizeLinear")
+FUSION_OPS = ("QLinearConv", "Conv", "FusedConv", "QLinearSigmoid", "QLinearMul", "DequantizeLinear")
 
 
 class QdqFlavour(Choice):
@@ -219,7 +220,7 @@ def _trt_passes(proto: onnx.ModelProto) -> onnx.ModelProto:
 
 def _ort_passes(proto: onnx.ModelProto) -> onnx.ModelProto:
     """The ``ort`` passes (module docstring, step 3), all exact."""
-    proto = fold_weight_quantizers(eliminate_redundant_qdq(proto, keep_conv_outputs=True))
+    proto = fold_weight_quantizers(eliminate_redundant_qdq(proto, keep_conv_outputs=True, int8_ops=ORT_INT8_OPS))
     proto = merge_duplicate_quantizers(quantize_pass_through_inputs(proto))
     return to_uint8_activations(proto)
 
@@ -228,7 +229,8 @@ def ort_fusion_summary(model: str | os.PathLike | onnx.ModelProto, threads: int 
     """Op counts (:data:`FUSION_OPS`) of the graph ONNX Runtime actually runs (CPU EP, all optimizations).
 
     ``QLinearConv`` convs run in int8; ``Conv`` / ``FusedConv`` ones in float (a quantized conv ORT could not
-    fuse shows up here, with the ``DequantizeLinear`` nodes feeding it).
+    fuse shows up here, with the ``DequantizeLinear`` nodes feeding it); ``QLinearSigmoid`` + ``QLinearMul`` are
+    the SiLUs run in int8 (``QuantSiLU``).
 
     Example:
         >>> summary = ort_fusion_summary("yolov6n_int8_ort.onnx")

@@ -19,7 +19,9 @@ Add inputs agree); :mod:`yolodeploy.quant.export` runs it.
 by a ReLU gets that Q from its consumers' input quantizers (unsigned after the ReLU, see
 :mod:`yolodeploy.quant.quantizer`); every other conv (before a SiLU, the prediction convs) also quantizes its
 output where another activation module reads it (a SiLU; ``quantize_outputs=True``, found by tracing one
-forward pass). Prediction convs (read by functional sigmoid / DFL ops) keep float outputs.
+forward pass), and that SiLU becomes a ``QuantSiLU`` whose sigmoid gate is uint8 (fixed scale 1/255), so ORT
+runs the whole activation in int8 (QLinearSigmoid + QLinearMul). Prediction convs (read by functional
+sigmoid / DFL ops) keep float outputs.
 :func:`for_flavour` gives the TensorRT form (signed everywhere, no output quantizers: TensorRT fuses the
 activation itself and places its own output quantization).
 
@@ -38,6 +40,7 @@ from __future__ import annotations
 import copy
 import difflib
 import os
+from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -47,7 +50,7 @@ from torch import nn
 
 from ..core.reparam import reparameterize_model
 from ..errors import CheckpointError, ConfigError
-from .quantizer import QuantConv2d
+from .quantizer import QuantConv2d, QuantSiLU
 
 __all__ = [
     "QUANTIZED_FORM",
@@ -126,20 +129,33 @@ def relu_fed_convs(model: nn.Module, img_size: int = 64) -> set[str]:
 
 
 def conv_readers(model: nn.Module, img_size: int = 64) -> dict[str, set[type]]:
-    """For every conv (plain or ``QuantConv2d``), the module types that read its output, from one traced forward.
+    """For every conv (plain or ``QuantConv2d``), the module types that read its output, from one traced forward."""
+    return {
+        conv: {type(model.get_submodule(name)) for name in names}
+        for conv, names in _trace_readers(model, img_size)[0].items()
+    }
+
+
+def _trace_readers(model: nn.Module, img_size: int = 64) -> tuple[dict[str, list[str]], Counter]:
+    """``(readers, calls)``: per conv the names of the modules that read its output; per module name its calls.
 
     Module-level data flow from forward hooks on a zero image: a conv's output tensor is the very object a
     reading module receives (``nn.Identity`` in between passes the same object on). Functional ops (``torch.cat``,
     ``sigmoid``, reshapes) are not modules and are not seen. Outputs are kept alive during the trace so no
     ``id`` is reused.
     """
+    names = {id(module): name for name, module in model.named_modules()}
     convs = {id(model.get_submodule(n)): n for n in _conv_names(model)}
-    produced, readers, keep = {}, {n: set() for n in convs.values()}, []
+    produced, keep, calls = {}, [], Counter()
+    readers: dict[str, list[str]] = {n: [] for n in convs.values()}
 
     def hook(module: nn.Module, args: tuple, output: Any) -> None:
         keep.append(output)
+        calls[names[id(module)]] += 1
         if args and id(args[0]) in produced and not isinstance(module, nn.Identity):
-            readers[produced[id(args[0])]].add(type(module))
+            reader = readers[produced[id(args[0])]]
+            if names[id(module)] not in reader:
+                reader.append(names[id(module)])
         if id(module) in convs:
             produced[id(output)] = convs[id(module)]
 
@@ -152,17 +168,30 @@ def conv_readers(model: nn.Module, img_size: int = 64) -> dict[str, set[type]]:
         model.train(was_training)
         for handle in handles:
             handle.remove()
-    return readers
+    return readers, calls
 
 
-def _output_quantized_convs(model: nn.Module) -> set[str]:
+def _output_quantized_convs(model: nn.Module) -> dict[str, str | None]:
     """Convs whose output an activation module other than ReLU reads (e.g. SiLU): they get output quantizers.
 
     A conv read by a ReLU gets its Q from its consumers (after the ReLU); a conv whose output only flows into
     functional ops (the prediction convs before sigmoid / DFL softmax) stays float-output: quantizing logits
     costs accuracy, and those 1x1 convs are too small for int8 to matter.
+
+    Returns:
+        ``{conv name: name of the nn.SiLU to replace by a QuantSiLU, or None}``: the SiLU is named when it is the
+        conv's only reader and runs once per forward (a shared activation module is left alone).
     """
-    return {name for name, readers in conv_readers(model).items() if readers and not readers & RELU_MODULES}
+    readers, calls = _trace_readers(model)
+    found: dict[str, str | None] = {}
+    for conv, names in readers.items():
+        types = {type(model.get_submodule(name)) for name in names}
+        if not names or types & RELU_MODULES:
+            continue
+        only = names[0] if len(names) == 1 else None
+        silu = only if only and type(model.get_submodule(only)) is nn.SiLU and calls[only] == 1 else None
+        found[conv] = silu
+    return found
 
 
 def _device(model: nn.Module) -> torch.device:
@@ -188,7 +217,8 @@ def quantize_model(
         exclude: layers to keep float (conv names or their parents' names, see :func:`quant_layers`).
         quantize_dfl: also quantize the DFL projection conv (float by default).
         quantize_outputs: give every quantized conv whose output an activation other than ReLU reads (a SiLU)
-            an output quantizer (for ONNX Runtime; :func:`for_flavour` drops them for TensorRT).
+            an output quantizer, and replace that SiLU by a ``QuantSiLU`` (uint8 sigmoid gate), for ONNX
+            Runtime's int8 kernels (:func:`for_flavour` drops both for TensorRT).
         inplace: modify ``model`` instead of a copy.
 
     Returns:
@@ -210,12 +240,14 @@ def quantize_model(
     convs = _conv_names(model)
     excluded = resolve_layer_names(exclude, convs)
     keep_float = set(excluded) | (set() if quantize_dfl else set(dfl_convs(model)))
-    output_quantized = _output_quantized_convs(model) if quantize_outputs else set()
+    output_quantized = _output_quantized_convs(model) if quantize_outputs else {}
     for name in convs:
         if name not in keep_float:
             layer = QuantConv2d.from_conv(model.get_submodule(name))
             layer.quantize_output = name in output_quantized
             _set_submodule(model, name, layer)
+            if output_quantized.get(name):
+                _set_submodule(model, output_quantized[name], QuantSiLU(layer.output_quantizer))
     model.form = QUANTIZED_FORM
     model.quant_excluded = excluded
     model.quantize_dfl = quantize_dfl

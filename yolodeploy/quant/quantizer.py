@@ -42,7 +42,7 @@ from ..errors import ConfigError
 from .calibrators import CalibMethod, Histogram, compute_amax, per_channel_amax
 from .primitives import MIN_SCALE, fake_quantize_scaled, qrange
 
-__all__ = ["QuantState", "TensorQuantizer", "QuantConv2d"]
+__all__ = ["QuantState", "TensorQuantizer", "QuantConv2d", "QuantSiLU", "SIGMOID_SCALE"]
 
 
 class QuantState(str, Enum):
@@ -296,3 +296,44 @@ class QuantConv2d(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         weight = self.weight_quantizer(self.conv.weight)
         return self.output_quantizer(self.conv._conv_forward(self.input_quantizer(x), weight, self.conv.bias))
+
+
+#: The fixed scale of a quantized sigmoid gate: uint8 codes 0..255 over its whole range [0, 1].
+SIGMOID_SCALE = 1.0 / 255.0
+
+
+class QuantSiLU(nn.Module):
+    """``x * sigmoid(x)`` whose sigmoid gate is fake-quantized to uint8 with the fixed scale 1/255, zero point 0.
+
+    It replaces the ``nn.SiLU`` that reads the output of an output-quantized ``QuantConv2d`` (see
+    :func:`yolodeploy.quant.model.quantize_model`). The export is DQ -> Sigmoid -> Q -> DQ -> Mul -> Q, which ONNX
+    Runtime runs as QLinearSigmoid + QLinearMul (a lookup table and an int8 product) instead of dequantizing
+    every element, a float sigmoid and multiply and a re-quantization (ONNX Runtime fuses these only for uint8,
+    which the ``ort`` flavour gives every activation). The gate needs no calibration: its range is [0, 1].
+
+    The gate is quantized exactly while ``source`` (the output quantizer of the conv the SiLU reads) is enabled:
+    a float (disabled) layer, a calibrating model and the TensorRT form (no output quantizers; TensorRT fuses the
+    SiLU into the conv itself) all compute the float SiLU.
+
+    Example:
+        >>> act = QuantSiLU(qconv.output_quantizer)
+        >>> y = act(qconv(x))
+    """
+
+    def __init__(self, source: TensorQuantizer | None = None) -> None:
+        super().__init__()
+        self._source = [source] if source is not None else []  # a list: a reference, not a child module
+
+    @property
+    def active(self) -> bool:
+        """Whether the gate is quantized now (its source quantizer is enabled)."""
+        return bool(self._source) and self._source[0].state is QuantState.ENABLED
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self.active:
+            return nn.functional.silu(x)  # bit-identical to the nn.SiLU it replaced
+        scale = torch.tensor(SIGMOID_SCALE, dtype=torch.float32, device=x.device)
+        return x * fake_quantize_scaled(torch.sigmoid(x), scale, None, 8, unsigned=True)
+
+    def extra_repr(self) -> str:
+        return f"gate=uint8(scale=1/255), {'active' if self.active else 'float'}"

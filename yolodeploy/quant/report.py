@@ -32,8 +32,8 @@ from ..errors import ConfigError
 from ..utils.io import atomic_write_text
 
 __all__ = [
-    "REPORT_STEM", "NOT_MEASURED", "RECORD_FIELDS", "row_label", "report_table", "write_report", "quant_record",
-    "write_record",
+    "REPORT_STEM", "NOT_MEASURED", "RECORD_FIELDS", "row_label", "report_table", "greedy_table", "write_report",
+    "quant_record", "write_record",
 ]  # fmt: skip
 
 REPORT_STEM = "quant_report"
@@ -96,6 +96,27 @@ def report_table(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def greedy_table(greedy: list[dict[str, Any]]) -> str:
+    """The ``--max-ap-drop`` steps: float layers, the layer each step added, AP drop, and (when measured) the
+    ORT latency of that step's INT8 model and its cost, the latency added by the layer kept float."""
+    sizes = sorted({str(bs) for step in greedy for bs in (step.get("latency_ms") or {})}, key=int)
+    header = ["float layers", "layer kept float", "AP drop"]
+    for bs in sizes:
+        header += [f"bs{bs} ms", f"bs{bs} cost ms"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---:", "---"] + ["---:"] * (len(header) - 2)) + "|"]
+    for step in greedy:
+        cells = [str(step.get("float_layers", NOT_MEASURED)), step.get("layer") or "(none)"]
+        cells.append(_number(step.get("ap_drop"), 4))
+        for bs in sizes:
+            cost = (step.get("latency_cost_ms") or {}).get(bs)
+            cells += [
+                _number((step.get("latency_ms") or {}).get(bs), 2),
+                f"{cost:+.2f}" if cost is not None else NOT_MEASURED,
+            ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def write_report(results: dict[str, Any], out_dir: str | os.PathLike) -> tuple[Path, Path]:
     """Write ``quant_report.md`` (the table and the notes) and ``quant_report.json`` (``results``) atomically.
 
@@ -115,7 +136,8 @@ def write_report(results: dict[str, Any], out_dir: str | os.PathLike) -> tuple[P
     table = report_table(results)
     out_dir = Path(out_dir)
     notes = [f"- {note}" for note in results.get("notes", [])]
-    text = "\n".join(["# Quantization report", "", table, "", *notes]).rstrip() + "\n"
+    greedy = ["## --max-ap-drop steps", "", greedy_table(results["greedy"]), ""] if results.get("greedy") else []
+    text = "\n".join(["# Quantization report", "", table, "", *greedy, *notes]).rstrip() + "\n"
     md_path, json_path = out_dir / f"{REPORT_STEM}.md", out_dir / f"{REPORT_STEM}.json"
     atomic_write_text(md_path, text)
     atomic_write_text(json_path, json.dumps(results, indent=1, default=str) + "\n")
