@@ -121,3 +121,27 @@ def test_max_ap_drop_records_each_greedy_step(plain, tiny_checkpoint, tiny_datas
     assert [step["float_layers"] for step in result.greedy] == list(range(1, len(result.greedy) + 1))
     assert result.greedy[-1]["ap_drop"] <= 0.0 and len(result.float_layers) == result.greedy[-1]["float_layers"]
     assert json.loads(Path(result.files["report_json"]).read_text())["greedy"] == result.greedy
+
+
+def test_max_ap_drop_with_bench_reports_the_latency_cost_of_each_float_layer(
+    plain, tiny_checkpoint, tiny_dataset, tmp_path, monkeypatch
+):
+    import yolodeploy.quant.ptq as ptq
+
+    # the greedy's fake-quant AP, scripted: float 0.5, then drops 0.10, 0.05, 0.00 -> three steps
+    scripted = iter([0.5, 0.4, 0.45, 0.5])
+    monkeypatch.setattr(ptq, "_torch_ap", lambda *args: next(scripted))
+    cache = str(Path(plain.files["fp32_onnx"]).parent / "calib_cache")
+    config = _config(
+        tiny_checkpoint, tiny_dataset, tmp_path, max_ap_drop=0.0, cache_dir=cache, bench_batch_sizes=(1,),
+        bench_iters=2,
+    )  # fmt: skip
+    result = run_ptq(config)
+    assert [step["float_layers"] for step in result.greedy] == [0, 1, 2]
+    assert [round(step["ap_drop"], 6) for step in result.greedy] == [0.1, 0.05, 0.0]
+    assert all(set(step["latency_ms"]) == {"1"} and step["latency_ms"]["1"] > 0 for step in result.greedy)
+    assert "latency_cost_ms" not in result.greedy[0]  # the all-quantized step: the reference
+    for before, step in zip(result.greedy, result.greedy[1:]):
+        assert step["latency_cost_ms"]["1"] == pytest.approx(step["latency_ms"]["1"] - before["latency_ms"]["1"])
+    report = Path(result.files["report_md"]).read_text()
+    assert "## --max-ap-drop steps" in report and "bs1 cost ms" in report and result.greedy[1]["layer"] in report

@@ -7,8 +7,8 @@
    quantizers; ``ort``: as calibrated), ``warmup_forward`` on a seeded sample (``deploy.export``), then
    ``torch_to_onnx`` with the TorchScript exporter (``dynamo=False``): each enabled ``TensorQuantizer`` becomes
    QuantizeLinear/DequantizeLinear (per-channel int8 on the weights, axis 0; per tensor on conv inputs, and for
-   ``ort`` on the outputs of convs not followed by a ReLU; int8 zero point 0, or uint8 zero point 0 for
-   unsigned quantizers); the opset is checked;
+   ``ort`` on the outputs of convs not followed by a ReLU and on the sigmoid gate of their SiLU, ``QuantSiLU``;
+   int8 zero point 0, or uint8 zero point 0 for unsigned quantizers); the opset is checked;
 3. the graph passes of :mod:`yolodeploy.deploy.qdq_passes` (all exact except ``tie_scales`` where it changes a
    scale, which it does not on a graph with Q/DQ only at conv inputs):
 
@@ -39,8 +39,9 @@ kernels round intermediate results differently again. Such flips are rare and ea
 a step or less, so ``ok`` means: for every output, at most ``max_fraction`` (default 2 %) of the elements are
 more than one step off, and the mean difference is at most a quarter step (a wrong scale, axis or missing
 quantizer moves the mean by steps). Measured on the demo model (yolov6n, 224, 8 held-out images, optimizations
-off): 1.0-1.2 % of the score elements beyond one step (a flipped code in a quantized SiLU input moves a
-confident score by more than max|score| / 127), mean 0.15-0.19 step; boxes 0.003-0.06 %.
+off): 1.0-1.2 % of the score elements beyond one step with float SiLUs, 0.6 % with ``QuantSiLU`` (a flipped code
+in a quantized SiLU input moves a confident score by more than max|score| / 127), mean 0.15-0.19 step; boxes
+0.003-0.06 %.
 """
 
 from __future__ import annotations

@@ -158,6 +158,7 @@ class OnnxRuntimeRunner(Runner):
             options.add_session_config_entry(key, str(value))
         if self.optimized_model_path is not None:
             options.optimized_model_filepath = os.fspath(self.optimized_model_path)
+            options.log_severity_level = 3  # not the "hardware-specific optimized model" warning on every save
         return options
 
     def _activate(self) -> None:
