@@ -92,3 +92,23 @@ def test_equals_naive_oracle_on_random_boxes():
         assert det_classes[image, : len(expected)].tolist() == [cls for _, _, cls in expected]
         torch.testing.assert_close(det_boxes[image, : len(expected)], boxes[image, [i for _, i, _ in expected]])
         torch.testing.assert_close(det_scores[image, : len(expected)], torch.tensor([s for s, _, _ in expected]))
+
+
+def test_batched_nms_runs_its_loop_on_one_thread_and_restores_the_count(monkeypatch):
+    seen = []
+    import yolodeploy.core.nms as nms
+
+    original = nms._nms_image
+    monkeypatch.setattr(nms, "_nms_image", lambda *args: seen.append(torch.get_num_threads()) or original(*args))
+    g = torch.Generator().manual_seed(0)
+    xy = torch.rand(2, 50, 2, generator=g) * 100
+    boxes, scores = torch.cat([xy, xy + 20], -1), torch.rand(2, 50, 3, generator=g)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        multi = batched_nms(boxes, scores)
+        assert seen == [1, 1] and torch.get_num_threads() == 2  # one thread inside, the caller's count after
+        torch.set_num_threads(1)
+        assert all(torch.equal(a, b) for a, b in zip(multi, batched_nms(boxes, scores)))
+    finally:
+        torch.set_num_threads(previous)

@@ -29,7 +29,7 @@ import os
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -38,6 +38,7 @@ import numpy as np
 from ..deploy.runners import Backend
 from ..errors import BenchmarkResultError, ConfigError
 from ..utils.io import atomic_write_text
+from ..utils.threads import torch_threads
 from .compare import RESULT_FORMAT
 from .env import capture_environment
 from .latency import LatencyStats
@@ -399,7 +400,7 @@ def run_benchmark(
     """
     started, created = time.perf_counter(), datetime.datetime.now(datetime.timezone.utc).isoformat()
     with contextlib.ExitStack() as stack:
-        stack.enter_context(_torch_threads(config.threads))
+        stack.enter_context(torch_threads(config.threads))
         if runner is None:
             runner, model_info = _open_runner(config, stack)
         else:
@@ -496,22 +497,6 @@ def _runtime_info(runner: Any, input_name: str, dtype: np.dtype, img_size: int, 
         "img_size": img_size,
         "threads": threads,
     }
-
-
-@contextlib.contextmanager
-def _torch_threads(threads: int | None) -> Iterator[None]:
-    """Set torch's intra-op threads for the run and restore them afterwards."""
-    if threads is None:
-        yield
-        return
-    import torch
-
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
 
 
 # --------------------------------------------------------------------------------------------------- models

@@ -15,6 +15,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ..utils.threads import torch_threads
+
 __all__ = ["batched_nms", "box_iou"]
 
 
@@ -87,8 +89,9 @@ def batched_nms(
     det_boxes = torch.zeros(batch, topk, 4, dtype=boxes.dtype, device=device)
     det_scores = torch.zeros(batch, topk, dtype=scores.dtype, device=device)
     det_classes = torch.zeros(batch, topk, dtype=torch.int32, device=device)
-    for image in range(batch):
-        box_idx, cls_idx = _nms_image(boxes[image], scores[image], iou, conf, topk)
+    with torch_threads(1 if device.type == "cpu" else None):  # a loop of tiny ops: see utils.threads
+        kept = [_nms_image(boxes[image], scores[image], iou, conf, topk) for image in range(batch)]
+    for image, (box_idx, cls_idx) in enumerate(kept):
         count = box_idx.numel()
         num_dets[image, 0] = count
         det_boxes[image, :count] = boxes[image, box_idx]
