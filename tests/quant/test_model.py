@@ -19,6 +19,7 @@ from yolodeploy.quant.model import (
     enable_all,
     float_layers,
     for_flavour,
+    keep_float,
     load_quantized,
     quant_layers,
     quantize_model,
@@ -95,6 +96,9 @@ def test_enable_disable_layers(yolov6n, sample):
     assert enabled == ["detect.cls_preds.0", "detect.reg_preds.0", "detect.reg_preds.1", "detect.reg_preds.2"]
     enable_all(qmodel)
     assert all(m.weight_quantizer.state.value == "enabled" for m in quant_layers(qmodel).values())
+    keep_float(qmodel, ["detect.reg_preds"])  # from any state: all enabled but these
+    disabled = [n for n, m in quant_layers(qmodel).items() if m.input_quantizer.state.value == "disabled"]
+    assert disabled == ["detect.reg_preds.0", "detect.reg_preds.1", "detect.reg_preds.2"]
 
 
 def test_save_load_quantized_round_trip(yolov6n, sample, tmp_path):

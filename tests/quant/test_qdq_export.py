@@ -145,7 +145,6 @@ def test_ort_passes_are_exact(qmodel, images):
 def test_ort_flavour_runs_the_quantized_convs_in_int8(qmodel, exported):
     summary = ort_fusion_summary(exported["ort"])
     assert set(summary) == {"QLinearConv", "Conv", "FusedConv", "QLinearSigmoid", "QLinearMul", "DequantizeLinear"}
-    # all but the two neck convs whose ReLU also feeds a float ConvTranspose (the upsample is not quantized)
     # all but: 2 convs whose ReLU output also feeds the float ConvTranspose, 6 prediction convs (float outputs)
     assert summary["QLinearConv"] == len(quant_layers(qmodel)) - 8 and summary["FusedConv"] == 2, summary
     assert summary["Conv"] == 6, summary

@@ -300,6 +300,12 @@ def enable_all(model: nn.Module) -> None:
         layer.enable()
 
 
+def keep_float(model: nn.Module, names: Iterable[str]) -> None:
+    """Enable every quantized layer except ``names``, which run float (a partially quantized model)."""
+    enable_all(model)
+    set_layer_enabled(model, list(names), False)
+
+
 def disable_all(model: nn.Module) -> None:
     """Disable every quantized layer: the model then equals its float deploy form exactly."""
     for layer in quant_layers(model).values():

@@ -47,7 +47,7 @@ from torch import nn
 from ..errors import ConfigError, DatasetError, ExportError
 from .calibrate import calibrate_cached, calibration_batches
 from .calibrators import CalibMethod
-from .model import quant_layers, quantize_model, set_layer_enabled
+from .model import disable_all, keep_float, quant_layers, quantize_model, set_layer_enabled
 from .qat import QATConfig
 from .report import REPORT_STEM, quant_record, report_table, write_report
 
@@ -384,12 +384,9 @@ def _choose_float_layers(qmodel, config: PTQConfig, ranking: list[str], split, g
     set_layer_enabled(qmodel, chosen, False)
     if config.max_ap_drop is None:
         return chosen
-    from .model import disable_all, enable_all
-
     disable_all(qmodel)
     float_ap = _torch_ap(config, split, qmodel)
-    enable_all(qmodel)
-    set_layer_enabled(qmodel, chosen, False)
+    keep_float(qmodel, chosen)
     while True:
         ap = _torch_ap(config, split, qmodel)
         greedy.append({"float_layers": len(chosen), "layer": chosen[-1] if chosen else None, "ap": ap,
@@ -422,13 +419,11 @@ def _greedy_latency(config: PTQConfig, qmodel: nn.Module, float_layers: list[str
     import onnx
 
     from .export import build_qdq_graph
-    from .model import enable_all
 
     previous: dict[str, float] | None = None
     with tempfile.TemporaryDirectory(prefix="yolodeploy_greedy_") as folder:
         for step in greedy:
-            enable_all(qmodel)
-            set_layer_enabled(qmodel, float_layers[: step["float_layers"]], False)
+            keep_float(qmodel, float_layers[: step["float_layers"]])
             proto, _ = build_qdq_graph(qmodel, img_size=config.img_size, flavour="ort")
             path = Path(folder) / f"step{step['float_layers']}.onnx"
             onnx.save(proto, str(path))
@@ -436,8 +431,7 @@ def _greedy_latency(config: PTQConfig, qmodel: nn.Module, float_layers: list[str
             if previous is not None:
                 step["latency_cost_ms"] = {bs: ms - previous[bs] for bs, ms in step["latency_ms"].items()}
             previous = step["latency_ms"]
-    enable_all(qmodel)
-    set_layer_enabled(qmodel, float_layers, False)
+    keep_float(qmodel, float_layers)
 
 
 def _bench(config: PTQConfig, path: Path) -> dict[str, float]:

@@ -323,6 +323,8 @@ class QuantSiLU(nn.Module):
     def __init__(self, source: TensorQuantizer | None = None) -> None:
         super().__init__()
         self._source = [source] if source is not None else []  # a list: a reference, not a child module
+        # not persistent: a constant, so checkpoints neither carry it nor miss it
+        self.register_buffer("gate_scale", torch.tensor(SIGMOID_SCALE, dtype=torch.float32), persistent=False)
 
     @property
     def active(self) -> bool:
@@ -332,8 +334,7 @@ class QuantSiLU(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         if not self.active:
             return nn.functional.silu(x)  # bit-identical to the nn.SiLU it replaced
-        scale = torch.tensor(SIGMOID_SCALE, dtype=torch.float32, device=x.device)
-        return x * fake_quantize_scaled(torch.sigmoid(x), scale, None, 8, unsigned=True)
+        return x * fake_quantize_scaled(torch.sigmoid(x), self.gate_scale.float(), None, 8, unsigned=True)
 
     def extra_repr(self) -> str:
         return f"gate=uint8(scale=1/255), {'active' if self.active else 'float'}"

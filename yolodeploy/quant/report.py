@@ -75,6 +75,12 @@ def _rows(results: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return rows
 
 
+def _markdown(header: list[str], aligns: list[str], rows: list[list[str]]) -> str:
+    """A markdown table; ``aligns`` holds one ``---`` (left) or ``---:`` (right) per column."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(aligns) + "|"]
+    return "\n".join(lines + ["| " + " | ".join(cells) + " |" for cells in rows])
+
+
 def report_table(results: dict[str, Any]) -> str:
     """The markdown table of ``results["rows"]``: AP, AP50, and per batch size p50 latency and speed-up vs FP32."""
     rows = _rows(results)
@@ -83,7 +89,7 @@ def report_table(results: dict[str, Any]) -> str:
     header = ["model", "AP", "AP50"]
     for bs in sizes:
         header += [f"bs{bs} p50 ms", f"bs{bs} speed-up"]
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
+    table = []
     for key in sorted(rows, key=_sort_key):
         row = rows[key]
         latency = row.get("latency_ms") or {}
@@ -92,8 +98,8 @@ def report_table(results: dict[str, Any]) -> str:
             ms, ref = latency.get(bs), base.get(bs)
             speedup = ref / ms if isinstance(ms, (int, float)) and isinstance(ref, (int, float)) and ms > 0 else None
             cells += [_number(ms, 2), f"{speedup:.2f}×" if speedup is not None else NOT_MEASURED]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+        table.append(cells)
+    return _markdown(header, ["---"] + ["---:"] * (len(header) - 1), table)
 
 
 def greedy_table(greedy: list[dict[str, Any]]) -> str:
@@ -103,7 +109,7 @@ def greedy_table(greedy: list[dict[str, Any]]) -> str:
     header = ["float layers", "layer kept float", "AP drop"]
     for bs in sizes:
         header += [f"bs{bs} ms", f"bs{bs} cost ms"]
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---:", "---"] + ["---:"] * (len(header) - 2)) + "|"]
+    table = []
     for step in greedy:
         cells = [str(step.get("float_layers", NOT_MEASURED)), step.get("layer") or "(none)"]
         cells.append(_number(step.get("ap_drop"), 4))
@@ -113,8 +119,8 @@ def greedy_table(greedy: list[dict[str, Any]]) -> str:
                 _number((step.get("latency_ms") or {}).get(bs), 2),
                 f"{cost:+.2f}" if cost is not None else NOT_MEASURED,
             ]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+        table.append(cells)
+    return _markdown(header, ["---:", "---"] + ["---:"] * (len(header) - 2), table)
 
 
 def write_report(results: dict[str, Any], out_dir: str | os.PathLike) -> tuple[Path, Path]:
