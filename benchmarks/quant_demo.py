@@ -1,14 +1,15 @@
 """Our INT8 pipeline side by side with ONNX Runtime's ``quantize_static`` and NNCF on the demo model (issue 6).
 
 Usage:
-    python benchmarks/quant_demo.py [--out runs/quant_bench] [--calib-images 250] [--qat-epochs 2] [--iters 20]
+    python benchmarks/quant_demo.py [--out runs/quant_bench] [--calib-images 250] [--qat-epochs 6] [--iters 20]
         [--skip-ours] [--skip-peers] [--from ptq=runs/quant_demo] [--json benchmarks/results/quant_demo.json]
 
 Steps:
 
 1. **Ours**, as subprocesses with the exact argv recorded: ``yolodeploy quantize MODEL --data D --ptq --img 224
    --calib-images N -o OUT/<key>`` for ``ptq``, the same with ``--sensitive-topk 6`` for ``ptq_top6``, and
-   ``--qat --epochs E`` for ``qat``. Each run's
+   ``--qat --epochs E --qat-lr LR`` for ``qat`` (every layer quantized), ``--sensitive-topk 6 --qat --partial``
+   for ``qat_partial`` (QAT of the partial model: the paper's v1.0 "partial QAT", Table 16). Each run's
    ``quant_report.json`` names the files it wrote. ``--skip-ours`` reuses ``OUT/<key>``; ``--from KEY=DIR``
    reuses any earlier run folder for one key.
 2. **Peers** on the FP32 ONNX file of our plain-PTQ run (``fp32.onnx``) with the very images our calibration used
@@ -46,7 +47,8 @@ from quant_peers import NNCF_SETTINGS, ORT_SETTINGS, PEERS  # noqa: E402  (this 
 
 from yolodeploy.utils.io import atomic_write_text  # noqa: E402
 
-OURS = ("ptq", "ptq_top6", "qat")
+OURS = ("ptq", "ptq_top6", "qat", "qat_partial")
+REPORT_ROW = {"qat_partial": "qat"}  # the row (and file role) name in that run's own quant_report.json
 ORDER = ("fp32", *OURS, "ort_quantize_static", "nncf")
 PEER_SETTINGS = {"ort_quantize_static": ORT_SETTINGS, "nncf": NNCF_SETTINGS}
 RESULTS = Path(__file__).resolve().parent / "results" / "quant_demo.json"
@@ -55,6 +57,7 @@ LABELS = {
     "ptq": "ours: PTQ",
     "ptq_top6": "ours: partial PTQ (top-6 float)",
     "qat": "ours: QAT",
+    "qat_partial": "ours: partial QAT (its --sensitive-topk layers float)",
     "ort_quantize_static": "ORT quantize_static (QDQ U8S8)",
     "nncf": "NNCF default PTQ",
 }
@@ -69,9 +72,9 @@ def yolodeploy_exe() -> list[str]:
     return [str(script)] if script.exists() else [sys.executable, "-c", "from yolodeploy.cli.main import main; main()"]
 
 
-def qat_flags(epochs: int) -> list[str]:
+def qat_flags(epochs: int, lr: float) -> list[str]:
     """The QAT options of ``yolodeploy quantize`` (QAT starts from the plain PTQ calibration)."""
-    return ["--qat", "--epochs", str(epochs)]
+    return ["--qat", "--epochs", str(epochs), "--qat-lr", str(lr)]
 
 
 def our_commands(args: argparse.Namespace, qat: list[str]) -> dict[str, list[str]]:
@@ -84,11 +87,14 @@ def our_commands(args: argparse.Namespace, qat: list[str]) -> dict[str, list[str
         "ptq_top6": [*base, "--ptq", "--sensitive-topk", str(args.topk), "-o", str(out / "ptq_top6")],
     }
     commands["qat"] = [*base, *qat, "-o", str(out / "qat")]
+    partial = ["--sensitive-topk", str(args.topk), *qat, "--partial"]
+    commands["qat_partial"] = [*base, *partial, "-o", str(out / "qat_partial")]
     return commands
 
 
 def _report_onnx(report: dict[str, Any], key: str, folder: Path) -> Path | None:
     """The ORT INT8 file of row ``key`` in a ``quant_report.json`` (tolerant of added keys), else a glob."""
+    key = REPORT_ROW.get(key, key)
     files = {role: Path(path) for role, path in (report.get("files") or {}).items() if str(path).endswith("_ort.onnx")}
     roles = ["int8_ort_onnx"] if key == report.get("int8") else []
     roles += [role for role in files if role.startswith(f"{key}_")]
@@ -121,7 +127,8 @@ def run_ours(key: str, argv: list[str], folder: Path, skip: bool) -> dict[str, A
         return {"error": f"no ORT INT8 file for {key} in {folder}", "command": report.get("command")}
     fp32 = (report.get("files") or {}).get("fp32_onnx") or str(folder / "fp32.onnx")
     command = report.get("command") or shlex.join(argv)
-    return {"onnx": str(onnx_path), "fp32_onnx": fp32, "command": command, "pipeline_row": report["rows"].get(key)}
+    row = report["rows"].get(REPORT_ROW.get(key, key))
+    return {"onnx": str(onnx_path), "fp32_onnx": fp32, "command": command, "pipeline_row": row}
 
 
 # -- peers, AP and latency ---------------------------------------------------------------------------------------
@@ -286,7 +293,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--calib-images", type=int, default=250)
     parser.add_argument("--heldout-images", type=int, default=8, help="must match yolodeploy quantize's default")
     parser.add_argument("--topk", type=int, default=6, help="--sensitive-topk of the partial PTQ row")
-    parser.add_argument("--qat-epochs", type=int, default=2)
+    parser.add_argument("--qat-epochs", type=int, default=6)
+    parser.add_argument("--qat-lr", type=float, default=5e-5)
     parser.add_argument("--out", default="runs/quant_bench", help="folder for our runs (OUT/<key>) and OUT/peers")
     parser.add_argument("--skip-ours", action="store_true", help="reuse OUT/<key> instead of running our pipeline")
     parser.add_argument("--skip-peers", action="store_true", help="reuse OUT/peers/<peer>.onnx when present")
@@ -305,8 +313,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def collect_ours(args: argparse.Namespace) -> dict[str, dict]:
-    """Run (or reuse) our three pipelines."""
-    commands = our_commands(args, qat_flags(args.qat_epochs))
+    """Run (or reuse) our four pipelines."""
+    commands = our_commands(args, qat_flags(args.qat_epochs, args.qat_lr))
     rows = {}
     for key, argv in commands.items():
         folder = Path(args.reuse.get(key, Path(args.out) / key))

@@ -1,0 +1,52 @@
+"""benchmarks/quant_demo.py: the commands of our four rows and how a run folder's files are found (no runs)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+
+import pytest
+from conftest import REPO_ROOT
+
+
+@pytest.fixture(scope="module")
+def quant_demo():
+    sys.path.insert(0, str(REPO_ROOT / "benchmarks"))  # it imports quant_peers from its own folder
+    try:
+        spec = importlib.util.spec_from_file_location("quant_demo", REPO_ROOT / "benchmarks" / "quant_demo.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(REPO_ROOT / "benchmarks"))
+    return module
+
+
+def test_our_commands_cover_every_row(quant_demo):
+    args = quant_demo.parse_args(["--out", "o", "--topk", "2", "--qat-epochs", "3", "--qat-lr", "1e-4"])
+    commands = quant_demo.our_commands(args, quant_demo.qat_flags(args.qat_epochs, args.qat_lr))
+    assert list(commands) == list(quant_demo.OURS)
+    assert commands["qat"][-7:] == ["--qat", "--epochs", "3", "--qat-lr", "0.0001", "-o", "o/qat"]
+    partial = commands["qat_partial"]
+    assert partial[partial.index("--sensitive-topk") + 1] == "2" and "--partial" in partial
+    assert "--partial" not in commands["qat"] and "--sensitive-topk" not in commands["qat"]
+
+
+def test_partial_qat_row_reads_the_qat_row_of_its_run(quant_demo, tmp_path):
+    """A partial-QAT run names its QAT model ``qat`` in its own report: the ``qat_partial`` row must find it."""
+    for name in ("fp32.onnx", "int8_top2_ort.onnx", "qat_ort.onnx"):
+        (tmp_path / name).write_bytes(b"")
+    report = {
+        "command": "yolodeploy quantize m --ptq --sensitive-topk 2 --qat --partial -o x",
+        "int8": "ptq_top2",
+        "rows": {"fp32": {"ap": 0.5}, "ptq_top2": {"ap": 0.4}, "qat": {"ap": 0.45}},
+        "files": {
+            "int8_ort_onnx": str(tmp_path / "int8_top2_ort.onnx"),
+            "qat_ort_onnx": str(tmp_path / "qat_ort.onnx"),
+        },
+    }
+    (tmp_path / "quant_report.json").write_text(json.dumps(report))
+    row = quant_demo.run_ours("qat_partial", ["yolodeploy"], tmp_path, skip=True)
+    assert row["onnx"] == str(tmp_path / "qat_ort.onnx") and row["pipeline_row"] == {"ap": 0.45}
+    assert row["command"] == report["command"]
+    assert quant_demo.run_ours("ptq_top2", ["yolodeploy"], tmp_path, skip=True)["onnx"].endswith("int8_top2_ort.onnx")
