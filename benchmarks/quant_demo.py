@@ -17,10 +17,12 @@ Steps:
    held-out images): ``ort_quantize_static`` and ``nncf`` (``benchmarks/quant_peers.py``).
 3. **AP / AP50** of every ONNX file on ONNX Runtime (CPU EP) over the val split (or `--val-images`), through
    :func:`yolodeploy.core.evaluation_run.evaluate_model` (what ``run_ptq`` uses for its own AP).
-4. **Latency** of all models in one process, interleaved: per batch size, one call of each model per round
-   (:func:`yolodeploy.bench.latency.time_interleaved`), ``intra_op_num_threads=2``, the same real input batch (the
-   first calibration images), warm-up, then the median of ``--iters`` rounds. All models share the same background
-   load, so the speed-up ratios are fair even on a busy machine; absolute times are not comparable across runs.
+4. **Latency** of all models in one process, interleaved: per batch size and round, each model makes one untimed
+   call (ONNX Runtime's worker threads spin after a call and would steal the cores from the next model) and then
+   ``--block`` timed calls (:func:`yolodeploy.bench.latency.time_interleaved`), ``intra_op_num_threads=2``, the
+   same real input batch (the first calibration images), warm-up, then the median over ``--iters`` rounds. All
+   models share the same background load, so the speed-up ratios are fair even on a busy machine; absolute times
+   are not comparable across runs.
 5. ``quant_demo.json`` (atomically) with, for each model, ``ap``, ``ap50``, ``latency_ms`` / ``speedup_vs_fp32``
    per batch size, ``command``; the machine; and ``quant_demo.md`` with the table next to it.
 """
@@ -207,7 +209,7 @@ def measure_latency(paths: dict[str, str], calib: list[Path], args: argparse.Nam
             feed = {INPUT_NAME: next(calibration_batches(calib[:bs], args.img, batch=bs)).numpy()}
             calls = {key: (lambda runner=runner, feed=feed: runner.infer(feed)) for key, runner in runners.items()}
             print(f"[latency] bs {bs}: {len(calls)} models x {args.iters} rounds", flush=True)
-            stats = time_interleaved(calls, warmup=args.warmup, iters=args.iters)
+            stats = time_interleaved(calls, warmup=args.warmup, iters=args.iters, block=args.block, settle=1)
             results[str(bs)] = {key: value.to_dict() for key, value in stats.items()}
     return results
 
@@ -266,7 +268,8 @@ def markdown(record: dict[str, Any]) -> str:
         lines.append("| " + " | ".join(cells) + " |")
     env = record["environment"]
     lines += ["", f"ONNX Runtime {env.get('onnxruntime')} CPU EP, intra_op_num_threads={record['threads']}, "
-              f"{record['iters']} interleaved rounds after {record['warmup']} warm-ups, median; {env.get('cpu')}, "
+              f"{record['iters']} interleaved rounds of 1 untimed + {record.get('block', 1)} timed calls per model "
+              f"after {record['warmup']} warm-ups, median; {env.get('cpu')}, "
               f"{env.get('cpu_count')} CPUs; val split {record['val_images']} images; "
               f"{record['calib_images']} calibration images for every INT8 model.", "", "Commands:", ""]  # fmt: skip
     lines += [f"- `{key}`: `{row.get('command')}`" for key, row in record["rows"].items()]
@@ -304,7 +307,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--bs", type=int, nargs="+", default=[1, 32])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--iters", type=int, default=20)
+    parser.add_argument("--iters", type=int, default=20, help="interleaved rounds")
+    parser.add_argument("--block", type=int, default=5, help="timed calls of each model per round")
     parser.add_argument("--tolerance", type=float, default=0.05, help="latency ratio slack for 'no slower'")
     parser.add_argument("--json", default=str(RESULTS))
     args = parser.parse_args(argv)
@@ -359,7 +363,8 @@ def main(argv: list[str] | None = None) -> int:
         "version": 1, "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "command": command, "model": args.model, "data": args.data, "img_size": args.img,
         "calib_images": len(calib), "val_images": _val_count(args), "batch_sizes": [str(bs) for bs in args.bs],
-        "threads": args.threads, "warmup": args.warmup, "iters": args.iters, "tolerance": args.tolerance,
+        "threads": args.threads, "warmup": args.warmup, "iters": args.iters, "block": args.block,
+        "tolerance": args.tolerance,
         "rows": rows, "ours_vs_peers": compare_with_peers(rows, args.tolerance), "environment": capture_environment(),
     }  # fmt: skip
     md_path = write_results(record, Path(args.json))

@@ -4,7 +4,8 @@ Usage:
     python benchmarks/quant_latency.py --img 224 FP32.onnx INT8.onnx [MORE.onnx ...]
 
 Per batch size (1 with 20 calls per round, 32 with 3), one warm-up call per model, then 5 rounds in which every
-model runs its calls in turn, so all models share the same background load; the figure is the median call time
+model runs one untimed call (ONNX Runtime's worker threads spin after a call and would slow the next model's first
+call) and then its timed calls in turn, so all models share the same background load; the figure is the median call time
 and the speed-up is relative to the FIRST file. ``intra_op_num_threads=2``, all graph optimizations, one random
 input per batch size shared by all models. Prints one line per model and batch size.
 """
@@ -38,6 +39,7 @@ def time_models(paths: list[str], img: int, batch: int, calls: int, threads: int
     times: dict[str, list[float]] = {path: [] for path in paths}
     for _ in range(ROUNDS):
         for path, s, feed in zip(paths, sessions, feeds):
+            s.run(None, feed)  # untimed: the previous session's worker threads may still be spinning
             for _ in range(calls):
                 start = time.perf_counter()
                 s.run(None, feed)

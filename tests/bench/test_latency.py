@@ -28,6 +28,13 @@ def test_interleaved_runs_every_callable_equally():
     stats = time_interleaved({"a": make("a"), "b": make("b")}, warmup=2, iters=5)
     assert calls == {"a": 7, "b": 7}
     assert stats["a"].iters == stats["b"].iters == 5
+    order = []
+    stats = time_interleaved({"a": lambda: order.append("a"), "b": lambda: order.append("b")}, warmup=0, iters=2,
+                             block=2, settle=1)  # fmt: skip
+    assert order == ["a"] * 3 + ["b"] * 3 + ["a"] * 3 + ["b"] * 3  # per round: settle + block calls, model by model
+    assert stats["a"].iters == stats["b"].iters == 4  # the settle calls are not timed
+    with pytest.raises(ValueError, match="block"):
+        time_interleaved({"a": lambda: None}, block=0)
 
 
 def test_environment_capture_has_the_basics():
