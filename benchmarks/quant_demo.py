@@ -17,12 +17,12 @@ Steps:
    held-out images): ``ort_quantize_static`` and ``nncf`` (``benchmarks/quant_peers.py``).
 3. **AP / AP50** of every ONNX file on ONNX Runtime (CPU EP) over the val split (or `--val-images`), through
    :func:`yolodeploy.core.evaluation_run.evaluate_model` (what ``run_ptq`` uses for its own AP).
-4. **Latency** of all models in one process, interleaved: per batch size and round, each model makes one untimed
-   call (ONNX Runtime's worker threads spin after a call and would steal the cores from the next model) and then
-   ``--block`` timed calls (:func:`yolodeploy.bench.latency.time_interleaved`), ``intra_op_num_threads=2``, the
-   same real input batch (the first calibration images), warm-up, then the median over ``--iters`` rounds. All
-   models share the same background load, so the speed-up ratios are fair even on a busy machine; absolute times
-   are not comparable across runs.
+4. **Latency** of all models in one process, interleaved: per batch size and round, each model waits 100 ms and
+   makes one untimed call (ONNX Runtime's worker threads spin after a call and would steal the cores from the next
+   model), then ``--block`` timed calls (:func:`yolodeploy.bench.latency.time_interleaved`),
+   ``intra_op_num_threads=2``, the same real input batch (the first calibration images), warm-up, then the median
+   over ``--iters`` rounds. All models share the same background load, so the speed-up ratios are fair even on a
+   busy machine; absolute times are not comparable across runs.
 5. ``quant_demo.json`` (atomically) with, for each model, ``ap``, ``ap50``, ``latency_ms`` / ``speedup_vs_fp32``
    per batch size, ``command``; the machine; and ``quant_demo.md`` with the table next to it.
 """
@@ -53,6 +53,7 @@ OURS = ("ptq", "ptq_top6", "qat", "qat_partial")
 REPORT_ROW = {"qat_partial": "qat"}  # the row (and file role) name in that run's own quant_report.json
 ORDER = ("fp32", *OURS, "ort_quantize_static", "nncf")
 PEER_SETTINGS = {"ort_quantize_static": ORT_SETTINGS, "nncf": NNCF_SETTINGS}
+PAUSE_S = 0.1  # before each model's calls in a round: the other sessions' ORT worker threads stop spinning
 RESULTS = Path(__file__).resolve().parent / "results" / "quant_demo.json"
 LABELS = {
     "fp32": "FP32",
@@ -209,7 +210,9 @@ def measure_latency(paths: dict[str, str], calib: list[Path], args: argparse.Nam
             feed = {INPUT_NAME: next(calibration_batches(calib[:bs], args.img, batch=bs)).numpy()}
             calls = {key: (lambda runner=runner, feed=feed: runner.infer(feed)) for key, runner in runners.items()}
             print(f"[latency] bs {bs}: {len(calls)} models x {args.iters} rounds", flush=True)
-            stats = time_interleaved(calls, warmup=args.warmup, iters=args.iters, block=args.block, settle=1)
+            stats = time_interleaved(
+                calls, warmup=args.warmup, iters=args.iters, block=args.block, settle=1, pause_s=PAUSE_S
+            )
             results[str(bs)] = {key: value.to_dict() for key, value in stats.items()}
     return results
 
@@ -268,9 +271,9 @@ def markdown(record: dict[str, Any]) -> str:
         lines.append("| " + " | ".join(cells) + " |")
     env = record["environment"]
     lines += ["", f"ONNX Runtime {env.get('onnxruntime')} CPU EP, intra_op_num_threads={record['threads']}, "
-              f"{record['iters']} interleaved rounds of 1 untimed + {record.get('block', 1)} timed calls per model "
-              f"after {record['warmup']} warm-ups, median; {env.get('cpu')}, "
-              f"{env.get('cpu_count')} CPUs; val split {record['val_images']} images; "
+              f"{record['iters']} interleaved rounds of a {PAUSE_S * 1e3:.0f} ms pause, 1 untimed and "
+              f"{record.get('block', 1)} timed calls per model after {record['warmup']} warm-ups, median; "
+              f"{env.get('cpu')}, {env.get('cpu_count')} CPUs; val split {record['val_images']} images; "
               f"{record['calib_images']} calibration images for every INT8 model.", "", "Commands:", ""]  # fmt: skip
     lines += [f"- `{key}`: `{row.get('command')}`" for key, row in record["rows"].items()]
     return "\n".join(lines) + "\n"
@@ -304,6 +307,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--from", dest="reuse", action="append", default=[], metavar="KEY=DIR",
                         help="reuse an earlier run folder for one of our keys (e.g. ptq=runs/quant_demo)")  # fmt: skip
     parser.add_argument("--val-images", type=int, default=None, help="seeded val subset for AP (default: all)")
+    parser.add_argument("--reuse-ap", default=None, metavar="JSON",
+                        help="AP/AP50 of a file from an earlier full-val record, not re-evaluated")  # fmt: skip
     parser.add_argument("--bs", type=int, nargs="+", default=[1, 32])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--warmup", type=int, default=3)
@@ -326,10 +331,22 @@ def collect_ours(args: argparse.Namespace) -> dict[str, dict]:
     return rows
 
 
+def reused_ap(json_path: str | None) -> dict[str, dict]:
+    """``{onnx path: {"ap", "ap50"}}`` from an earlier record (``--reuse-ap``): the same file, the same AP."""
+    if not json_path:
+        return {}
+    rows = json.loads(Path(json_path).read_text()).get("rows", {})
+    return {row["onnx"]: {"ap": row["ap"], "ap50": row["ap50"]} for row in rows.values() if "ap" in row}
+
+
 def measure_all_ap(models: dict[str, dict], paths: dict[str, str], args: argparse.Namespace) -> None:
     """AP of every model into its row; a model ONNX Runtime cannot evaluate gets an error and leaves ``paths``."""
+    earlier = reused_ap(args.reuse_ap)
     with val_split(args) as split:
         for key, path in list(paths.items()):
+            if path in earlier and args.val_images is None:
+                models[key].update(earlier[path], ap_reused_from=args.reuse_ap)
+                continue
             print(f"[ap] {key}: {path}", flush=True)
             start = time.perf_counter()
             try:

@@ -65,24 +65,27 @@ def time_interleaved(
     iters: int = 20,
     block: int = 1,
     settle: int = 0,
+    pause_s: float = 0.0,
     progress: Callable[[int], None] | None = None,
 ) -> dict[str, LatencyStats]:
-    """Time several callables round-robin so they share the same noise: per round, each runs ``settle`` untimed
-    calls then ``block`` timed ones (``iters * block`` timings each).
+    """Time several callables round-robin so they share the same noise: per round, each waits ``pause_s``, runs
+    ``settle`` untimed calls, then ``block`` timed ones (``iters * block`` timings each).
 
-    Use ``settle >= 1`` for ONNX Runtime sessions: after a call their worker threads spin-wait for more work
-    (the default ``session.intra_op.allow_spinning``), so the first call of the next session competes with
-    them for the cores. Measured here with 4 sessions, 2 threads, batch 1, one timed call per round: 3-4x the
-    time of the same calls made in blocks, the fp32 model hit hardest.
+    For ONNX Runtime sessions use a pause and a settle call: after a call their worker threads spin-wait for
+    more work (the default ``session.intra_op.allow_spinning``) and compete with the next session for the
+    cores. Measured here with 4 sessions, 2 threads, batch 1, one timed call per round: 3-4x the time of the
+    same calls made in blocks; a 100 ms pause brought the medians back to those of each model timed alone.
     """
-    if block < 1 or settle < 0:
-        raise ValueError(f"block must be >= 1 and settle >= 0, got {block} and {settle}")
+    if block < 1 or settle < 0 or pause_s < 0:
+        raise ValueError(f"block must be >= 1, settle and pause_s >= 0, got {block}, {settle} and {pause_s}")
     for _ in range(warmup):
         for fn in fns.values():
             fn()
     times: dict[str, list[float]] = {name: [] for name in fns}
     for i in range(iters):
         for name, fn in fns.items():
+            if pause_s:
+                time.sleep(pause_s)
             for _ in range(settle):
                 fn()
             for _ in range(block):
