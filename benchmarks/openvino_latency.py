@@ -1,6 +1,6 @@
 """ONNX Runtime vs OpenVINO CPU latency of an FP32 and an INT8 (Q/DQ) ONNX file, interleaved in one process.
 
-Usage (OpenVINO is not a yolodeploy dependency; install it beside, e.g. ``pip install openvino==2026.4.1``):
+Usage (OpenVINO is not a yolodeploy dependency: ``.venv/bin/pip install openvino==2026.4.1`` first):
     python benchmarks/openvino_latency.py FP32.onnx INT8.onnx [--img 224] [--threads 2]
 
 Both runtimes run both files: ORT with ``intra_op_num_threads``, OpenVINO on "CPU" with
@@ -14,14 +14,15 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from collections.abc import Callable
 
 import numpy as np
 
+from yolodeploy.bench.latency import time_interleaved
+
 ROUNDS = 5
 CALLS_PER_ROUND = {1: 20, 32: 3}
-PAUSE_S = 0.1
+PAUSE_S = 0.1  # before each model's calls in a round: ORT's worker threads stop spinning
 
 
 def ort_call(path: str, threads: int) -> Callable[[np.ndarray], object]:
@@ -46,22 +47,6 @@ def openvino_call(path: str, batch: int, img: int, threads: int) -> Callable[[np
     return lambda x: request.infer({0: x})
 
 
-def time_round_robin(calls: dict[str, Callable], x: np.ndarray, per_round: int) -> dict[str, float]:
-    """Median milliseconds per call of each model."""
-    for call in calls.values():
-        call(x)
-    times: dict[str, list[float]] = {key: [] for key in calls}
-    for _ in range(ROUNDS):
-        for key, call in calls.items():
-            time.sleep(PAUSE_S)
-            call(x)
-            for _ in range(per_round):
-                start = time.perf_counter()
-                call(x)
-                times[key].append(time.perf_counter() - start)
-    return {key: float(np.median(values)) * 1e3 for key, values in times.items()}
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("fp32", help="FP32 ONNX file (the baseline)")
@@ -82,7 +67,11 @@ def main(argv: list[str] | None = None) -> int:
             "openvino int8": openvino_call(args.int8, batch, args.img, args.threads),
         }
         x = np.random.default_rng(0).random((batch, 3, args.img, args.img), dtype=np.float32)
-        medians = time_round_robin(calls, x, per_round)
+        stats = time_interleaved(
+            {key: (lambda call=call, x=x: call(x)) for key, call in calls.items()},
+            warmup=1, iters=ROUNDS, block=per_round, settle=1, pause_s=PAUSE_S,
+        )  # fmt: skip
+        medians = {key: value.p50_ms for key, value in stats.items()}
         for key, ms in medians.items():
             print(f"bs{batch} {key:14s} {ms:9.2f} ms  x{medians['ort fp32'] / ms:.2f} vs ORT FP32")
     return 0

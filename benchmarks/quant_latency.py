@@ -13,9 +13,10 @@ input per batch size shared by all models. Prints one line per model and batch s
 from __future__ import annotations
 
 import argparse
-import time
 
 import numpy as np
+
+from yolodeploy.bench.latency import time_interleaved
 
 ROUNDS = 5
 CALLS_PER_ROUND = {1: 20, 32: 3}
@@ -34,17 +35,9 @@ def time_models(paths: list[str], img: int, batch: int, calls: int, threads: int
     sessions = [session(path, threads) for path in paths]
     x = np.random.rand(batch, 3, img, img).astype(np.float32)
     feeds = [{s.get_inputs()[0].name: x} for s in sessions]
-    for s, feed in zip(sessions, feeds):
-        s.run(None, feed)
-    times: dict[str, list[float]] = {path: [] for path in paths}
-    for _ in range(ROUNDS):
-        for path, s, feed in zip(paths, sessions, feeds):
-            s.run(None, feed)  # untimed: the previous session's worker threads may still be spinning
-            for _ in range(calls):
-                start = time.perf_counter()
-                s.run(None, feed)
-                times[path].append(time.perf_counter() - start)
-    return {path: float(np.median(t)) * 1e3 for path, t in times.items()}
+    fns = {path: (lambda s=s, feed=feed: s.run(None, feed)) for path, s, feed in zip(paths, sessions, feeds)}
+    stats = time_interleaved(fns, warmup=1, iters=ROUNDS, block=calls, settle=1)
+    return {path: value.p50_ms for path, value in stats.items()}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from yolodeploy.core.nms import batched_nms, box_iou
+from yolodeploy.utils.threads import torch_threads
 
 
 def one_image(boxes, scores):
@@ -103,12 +104,8 @@ def test_batched_nms_runs_its_loop_on_one_thread_and_restores_the_count(monkeypa
     g = torch.Generator().manual_seed(0)
     xy = torch.rand(2, 50, 2, generator=g) * 100
     boxes, scores = torch.cat([xy, xy + 20], -1), torch.rand(2, 50, 3, generator=g)
-    previous = torch.get_num_threads()
-    torch.set_num_threads(2)
-    try:
+    with torch_threads(2):
         multi = batched_nms(boxes, scores)
         assert seen == [1, 1] and torch.get_num_threads() == 2  # one thread inside, the caller's count after
-        torch.set_num_threads(1)
-        assert all(torch.equal(a, b) for a, b in zip(multi, batched_nms(boxes, scores)))
-    finally:
-        torch.set_num_threads(previous)
+        with torch_threads(1):
+            assert all(torch.equal(a, b) for a, b in zip(multi, batched_nms(boxes, scores)))
