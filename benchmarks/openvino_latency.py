@@ -1,11 +1,11 @@
 """ONNX Runtime vs OpenVINO CPU latency of an FP32 and an INT8 (Q/DQ) ONNX file, interleaved in one process.
 
-Usage (OpenVINO is not a yolodeploy dependency: ``.venv/bin/pip install openvino==2026.4.1`` first):
+Usage (OpenVINO is optional: ``pip install -e ".[openvino]"``; the dev extra has it too):
     python benchmarks/openvino_latency.py FP32.onnx INT8.onnx [--img 224] [--threads 2]
 
-Both runtimes run both files: ORT with ``intra_op_num_threads``, OpenVINO on "CPU" with
-``INFERENCE_PRECISION_HINT=f32`` (its default on this CPU is bf16, which would not be an FP32 baseline),
-``INFERENCE_NUM_THREADS`` and the LATENCY hint, reshaped to each batch size. Per batch size (1: 20 calls per round,
+Both runtimes run both files through yolodeploy's runners: ``OnnxRuntimeRunner`` and ``OpenVINORunner`` (CPU,
+``INFERENCE_PRECISION_HINT=f32`` -- its default on this CPU is bf16, which would not be an FP32 baseline --, the
+LATENCY hint, compiled for each batch size), both with ``--threads``. Per batch size (1: 20 calls per round,
 32: 3), 5 rounds in which every model waits 100 ms and makes one untimed call before its timed calls (ORT's worker
 threads spin after a call). Prints the median per model and its speed-up over ORT FP32.
 """
@@ -19,32 +19,18 @@ from collections.abc import Callable
 import numpy as np
 
 from yolodeploy.bench.latency import time_interleaved
+from yolodeploy.deploy.runners import create_runner
 
 ROUNDS = 5
 CALLS_PER_ROUND = {1: 20, 32: 3}
 PAUSE_S = 0.1  # before each model's calls in a round: ORT's worker threads stop spinning
 
 
-def ort_call(path: str, threads: int) -> Callable[[np.ndarray], object]:
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.log_severity_level = 3
-    session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
-    name = session.get_inputs()[0].name
-    return lambda x: session.run(None, {name: x})
-
-
-def openvino_call(path: str, batch: int, img: int, threads: int) -> Callable[[np.ndarray], object]:
-    import openvino as ov
-
-    core = ov.Core()
-    model = core.read_model(path)
-    model.reshape({model.inputs[0].any_name: [batch, 3, img, img]})
-    config = {"INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY"}
-    request = core.compile_model(model, "CPU", config).create_infer_request()
-    return lambda x: request.infer({0: x})
+def runner_call(path: str, backend: str, threads: int) -> Callable[[np.ndarray], object]:
+    """An active runner's infer on ``images``: ORT, or OpenVINO with its f32 hint and static-shape compiles."""
+    runner = create_runner(path, backend, threads=threads).activate()
+    name = next(iter(runner.input_metadata()))
+    return lambda x: runner.infer({name: x})
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -57,14 +43,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         import openvino  # noqa: F401
     except ImportError:
-        print("openvino is not installed: pip install openvino (it is not a yolodeploy dependency)", file=sys.stderr)
+        print("openvino is not installed: pip install -e '.[openvino]'", file=sys.stderr)
         return 2
     for batch, per_round in CALLS_PER_ROUND.items():
         calls = {
-            "ort fp32": ort_call(args.fp32, args.threads),
-            "ort int8": ort_call(args.int8, args.threads),
-            "openvino f32": openvino_call(args.fp32, batch, args.img, args.threads),
-            "openvino int8": openvino_call(args.int8, batch, args.img, args.threads),
+            f"{backend} {precision}": runner_call(path, backend, args.threads)
+            for backend in ("ort", "openvino")
+            for precision, path in (("fp32", args.fp32), ("int8", args.int8))
         }
         x = np.random.default_rng(0).random((batch, 3, args.img, args.img), dtype=np.float32)
         stats = time_interleaved(

@@ -23,6 +23,8 @@ Steps:
    ``intra_op_num_threads=2``, the same real input batch (the first calibration images), warm-up, then the median
    over ``--iters`` rounds. All models share the same background load, so the speed-up ratios are fair even on a
    busy machine; absolute times are not comparable across runs.
+   ``--openvino`` also times every file on OpenVINO (``OpenVINORunner``: CPU, f32 hint for float layers, the same
+   threads) in the same interleaved rounds, as the ``openvino`` section: a second CPU runtime on the same files.
 5. ``quant_demo.json`` (atomically) with, for each model, ``ap``, ``ap50``, ``latency_ms`` / ``speedup_vs_fp32``
    per batch size, ``command``; the machine; and ``quant_demo.md`` with the table next to it.
 """
@@ -203,8 +205,11 @@ def measure_latency(paths: dict[str, str], calib: list[Path], args: argparse.Nam
 
     results: dict[str, dict] = {}
     with contextlib.ExitStack() as stack:
+        backends = ("ort", "openvino") if args.openvino else ("ort",)
         runners = {
-            key: stack.enter_context(create_runner(path, "ort", threads=args.threads)) for key, path in paths.items()
+            latency_key(key, backend): stack.enter_context(create_runner(path, backend, threads=args.threads))
+            for backend in backends
+            for key, path in paths.items()
         }
         for bs in args.bs:
             feed = {INPUT_NAME: next(calibration_batches(calib[:bs], args.img, batch=bs)).numpy()}
@@ -215,6 +220,11 @@ def measure_latency(paths: dict[str, str], calib: list[Path], args: argparse.Nam
             )
             results[str(bs)] = {key: value.to_dict() for key, value in stats.items()}
     return results
+
+
+def latency_key(key: str, backend: str) -> str:
+    """``ptq`` on ORT is ``ptq``; on OpenVINO ``ptq@openvino``."""
+    return key if backend == "ort" else f"{key}@{backend}"
 
 
 # -- the record ----------------------------------------------------------------------------------------------------
@@ -232,6 +242,24 @@ def build_rows(models: dict[str, dict], latency: dict[str, dict]) -> dict[str, d
                 bs: per["fp32"]["p50_ms"] / per[key]["p50_ms"] for bs, per in latency.items() if "fp32" in per
             }
         rows[key] = row
+    return rows
+
+
+def openvino_rows(latency: dict[str, dict]) -> dict[str, dict]:
+    """Per model timed on OpenVINO: ``latency_ms`` and speed-ups over ORT FP32 and over OpenVINO FP32 per batch."""
+    rows = {}
+    for key in ORDER:
+        ov_key = latency_key(key, "openvino")
+        per_bs = {bs: per for bs, per in latency.items() if ov_key in per}
+        if not per_bs:
+            continue
+        rows[key] = {
+            "latency_ms": {bs: per[ov_key]["p50_ms"] for bs, per in per_bs.items()},
+            "speedup_vs_ort_fp32": {bs: per["fp32"]["p50_ms"] / per[ov_key]["p50_ms"] for bs, per in per_bs.items()},
+            "speedup_vs_openvino_fp32": {
+                bs: per["fp32@openvino"]["p50_ms"] / per[ov_key]["p50_ms"] for bs, per in per_bs.items()
+            },
+        }
     return rows
 
 
@@ -276,7 +304,24 @@ def markdown(record: dict[str, Any]) -> str:
               f"{env.get('cpu')}, {env.get('cpu_count')} CPUs; val split {record['val_images']} images; "
               f"{record['calib_images']} calibration images for every INT8 model.", "", "Commands:", ""]  # fmt: skip
     lines += [f"- `{key}`: `{row.get('command')}`" for key, row in record["rows"].items()]
+    if record.get("openvino"):
+        lines += ["", *openvino_markdown(record["openvino"], sizes, record["environment"])]
     return "\n".join(lines) + "\n"
+
+
+def openvino_markdown(rows: dict[str, dict], sizes: list[str], env: dict[str, Any]) -> list[str]:
+    """The ``--openvino`` table: the same files on OpenVINO, timed in the same interleaved rounds."""
+    header = ["model"] + [f"bs{bs} ms (×ORT FP32, ×OpenVINO FP32)" for bs in sizes]
+    lines = [f"Same files on OpenVINO {env.get('openvino', '')} (CPU, f32 hint, same threads), in the same rounds:",
+             "", "| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * len(sizes)) + "|"]  # fmt: skip
+    for key, row in rows.items():
+        cells = [LABELS.get(key, key)]
+        for bs in sizes:
+            ms = row["latency_ms"].get(bs)
+            ort_x, ov_x = row["speedup_vs_ort_fp32"].get(bs), row["speedup_vs_openvino_fp32"].get(bs)
+            cells.append(f"{_cell(ms, 2)} ({_cell(ort_x, 2, '×')}, {_cell(ov_x, 2, '×')})" if ms is not None else "—")
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
 
 
 def write_results(record: dict[str, Any], json_path: Path) -> Path:
@@ -315,6 +360,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--iters", type=int, default=20, help="interleaved rounds")
     parser.add_argument("--block", type=int, default=5, help="timed calls of each model per round")
     parser.add_argument("--tolerance", type=float, default=0.05, help="latency ratio slack for 'no slower'")
+    parser.add_argument("--openvino", action="store_true", help="also time every file on OpenVINO (same rounds)")
     parser.add_argument("--json", default=str(RESULTS))
     args = parser.parse_args(argv)
     args.reuse = dict(item.split("=", 1) for item in args.reuse)
@@ -384,6 +430,8 @@ def main(argv: list[str] | None = None) -> int:
         "tolerance": args.tolerance,
         "rows": rows, "ours_vs_peers": compare_with_peers(rows, args.tolerance), "environment": capture_environment(),
     }  # fmt: skip
+    if args.openvino:
+        record["openvino"] = openvino_rows(latency)
     md_path = write_results(record, Path(args.json))
     print(md_path.read_text())
     print(f"wrote {args.json} and {md_path}")

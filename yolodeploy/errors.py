@@ -25,7 +25,14 @@ __all__ = [
     "BenchmarkResultError",
     "EvaluationError",
     "DatasetError",
+    "first_line",
 ]
+
+
+def first_line(exc: BaseException, limit: int = 300) -> str:
+    """The first non-blank line of an exception's message (backends raise multi-line reports), cut at ``limit``."""
+    text = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 class YoloDeployError(Exception):

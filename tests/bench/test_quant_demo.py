@@ -50,3 +50,18 @@ def test_partial_qat_row_reads_the_qat_row_of_its_run(quant_demo, tmp_path):
     assert row["onnx"] == str(tmp_path / "qat_ort.onnx") and row["pipeline_row"] == {"ap": 0.45}
     assert row["command"] == report["command"]
     assert quant_demo.run_ours("ptq_top2", ["yolodeploy"], tmp_path, skip=True)["onnx"].endswith("int8_top2_ort.onnx")
+
+
+def test_openvino_rows_and_table_from_one_interleaved_run(quant_demo):
+    """``--openvino``: each file's OpenVINO time, over ORT FP32 and over OpenVINO FP32 of the same round."""
+    stats = {"fp32": 10.0, "ptq": 4.0, "fp32@openvino": 9.0, "ptq@openvino": 3.0}
+    latency = {"1": {key: {"p50_ms": ms} for key, ms in stats.items()}}
+    rows = quant_demo.openvino_rows(latency)
+    assert list(rows) == ["fp32", "ptq"]
+    assert rows["ptq"]["latency_ms"] == {"1": 3.0}
+    assert rows["ptq"]["speedup_vs_ort_fp32"]["1"] == pytest.approx(10 / 3)
+    assert rows["ptq"]["speedup_vs_openvino_fp32"]["1"] == pytest.approx(3.0)
+    assert quant_demo.build_rows({"fp32": {}, "ptq": {}}, latency)["ptq"]["latency_ms"] == {"1": 4.0}  # ORT only
+    table = quant_demo.openvino_markdown(rows, ["1"], {"openvino": "2026.4.1"})
+    assert "| ours: PTQ | 3.00 (3.33×, 3.00×) |" in table
+    assert quant_demo.latency_key("ptq", "ort") == "ptq" and quant_demo.latency_key("ptq", "openvino") == "ptq@openvino"

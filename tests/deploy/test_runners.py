@@ -1,4 +1,5 @@
-"""One contract suite over every Runner class (PyTorch and ONNX Runtime always; TensorRT where it can run),
+"""One contract suite over every Runner class (PyTorch and ONNX Runtime always; OpenVINO where installed, TensorRT
+where it can run),
 then the backend-specific behaviour (create_runner, providers, checkpoints, CUDA paths on a GPU machine)."""
 
 from __future__ import annotations
@@ -15,12 +16,14 @@ from yolodeploy.core.compare import compare_outputs
 from yolodeploy.deploy.runners import (
     Backend,
     OnnxRuntimeRunner,
+    OpenVINORunner,
     Runner,
     TensorRTRunner,
     TorchRunner,
     create_runner,
     detect_backend,
 )
+from yolodeploy.deploy.runners.openvino_runner import is_available as openvino_available
 from yolodeploy.deploy.runners.tensorrt_runner import unavailable_reason
 from yolodeploy.errors import (
     BackendUnavailableError,
@@ -68,6 +71,11 @@ RUNNER_KINDS = [
     pytest.param("torch", id="TorchRunner"),
     pytest.param("ort", id="OnnxRuntimeRunner"),
     pytest.param(
+        "openvino",
+        id="OpenVINORunner",
+        marks=pytest.mark.skipif(not openvino_available(), reason="openvino not installed (pip install openvino)"),
+    ),
+    pytest.param(
         "trt",
         id="TensorRTRunner",
         marks=[gpu, pytest.mark.skipif(TRT_SKIP is not None, reason=f"TensorRTRunner not tested: {TRT_SKIP}")],
@@ -84,6 +92,9 @@ def make_runner(request, detector):
     if kind == "ort":
         onnx_path = request.getfixturevalue("onnx_file")
         return lambda: OnnxRuntimeRunner(onnx_path, threads=2)
+    if kind == "openvino":
+        onnx_path = request.getfixturevalue("onnx_file")
+        return lambda: OpenVINORunner(onnx_path, threads=1)
     engine = request.getfixturevalue("engine_file")
     return lambda: TensorRTRunner(engine)
 
@@ -221,7 +232,9 @@ def test_create_runner_picks_the_backend(detector, tmp_path):
     assert detect_backend(tmp_path / "m.engine") is Backend.TRT
     assert detect_backend(tmp_path / "m.plan") is Backend.TRT
     assert detect_backend("m.pt") is Backend.TORCH and detect_backend(detector) is Backend.TORCH
+    assert detect_backend(tmp_path / "m.xml") is Backend.OPENVINO and Backend.parse("ov") is Backend.OPENVINO
     assert isinstance(create_runner(tmp_path / "m.onnx", threads=1), OnnxRuntimeRunner)
+    assert isinstance(create_runner(tmp_path / "m.onnx", backend="openvino", threads=1), OpenVINORunner)
     assert isinstance(create_runner(tmp_path / "m.engine"), TensorRTRunner)  # nothing loads before activate
     assert isinstance(create_runner(detector, backend="pytorch"), TorchRunner)
     with pytest.raises(ConfigError, match="cannot tell the backend"):
@@ -247,6 +260,7 @@ def test_cuda_paths_without_cuda_are_one_line_errors(detector, tmp_path):
 def test_importing_runners_loads_no_heavy_backend():
     code = (
         "import sys, yolodeploy.deploy.runners, yolodeploy.deploy.tensorrt_build, yolodeploy.deploy.env_report\n"
+        "import yolodeploy.deploy.openvino_build\n"
         "heavy = [m for m in ('tensorrt', 'onnxruntime', 'pycuda', 'openvino') if m in sys.modules]\n"
         "assert not heavy, heavy\n"
     )

@@ -1,8 +1,8 @@
 """Capture the environment a benchmark ran in, so a result file says where its figures come from.
 
-Optional libraries (onnx, onnxruntime, tensorrt) are looked up by their installed metadata; only those that are
-installed are imported (onnxruntime for its execution providers, tensorrt for the version it reports), so this
-never fails on a machine without them.
+Optional libraries (onnx, onnxruntime, openvino, tensorrt) are looked up by their installed metadata; only those
+that are installed are imported (onnxruntime for its execution providers, tensorrt for the version it reports), so
+this never fails on a machine without them.
 """
 
 from __future__ import annotations
@@ -92,6 +92,7 @@ def _library_versions() -> dict[str, Any]:
         "numpy": _distribution_version("numpy"),
         "onnx": _distribution_version("onnx"),
         "onnxruntime": _distribution_version("onnxruntime", "onnxruntime-gpu"),
+        "openvino": _distribution_version("openvino"),
         "tensorrt": None,
         "onnxruntime_providers": None,
     }

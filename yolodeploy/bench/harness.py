@@ -79,17 +79,20 @@ class BenchConfig:
     """What to benchmark and how; round-trips through JSON (``to_dict``/``from_dict``) with a version.
 
     Attributes:
-        model: a registry name (``yolov6n``), a checkpoint, an ``.onnx`` file or a TensorRT ``.engine``.
-        backend: ``torch``, ``ort`` (ONNX Runtime), ``trt`` (TensorRT) or ``auto`` (from the model's suffix).
+        model: a registry name (``yolov6n``), a checkpoint, an ``.onnx`` file, a TensorRT ``.engine`` or an
+            OpenVINO IR ``.xml``.
+        backend: ``torch``, ``ort`` (ONNX Runtime), ``trt`` (TensorRT), ``openvino`` or ``auto`` (from the model's
+            suffix; ``.onnx`` -> ``ort``).
         batch_sizes: one benchmark per batch size, in this order.
         img_size: square input size; None = the model's own (static ONNX/engine dims, or its ``input_size``).
         warmup: untimed calls before each timed loop.
         iters / seconds: a fixed number of timed calls, or a time budget per batch size (at least one call).
             Not both; neither = 20 iterations.
-        threads: intra-op threads (torch's and ONNX Runtime's); None = the library default.
+        threads: intra-op threads (torch's, ONNX Runtime's, OpenVINO's); None = the library default.
         e2e / images: also time pre-processing, inference and post-processing on the image files of ``images``.
         device: ``cpu`` or ``cuda[:N]`` (torch and ONNX Runtime; TensorRT is always CUDA).
-        precision: ``fp32`` or ``fp16`` (fp16: torch half, or an fp16 ONNX export for ``ort``).
+        precision: ``fp32`` or ``fp16`` (fp16: torch half, or an fp16 ONNX export for ``ort``/``openvino``;
+            OpenVINO computes float layers at this precision: its ``f32`` / ``f16`` inference hint).
         name: label of the model in reports; None = the registry name or the file's stem.
         reference: time the reference workload in the same run (needed by ``bench-compare --normalize``).
         conf, iou, topk: post-processing (NMS) settings of the end-to-end loop.
@@ -171,6 +174,8 @@ def _resolve_backend(backend: Backend | str, model: str) -> Backend:
     suffix = Path(model).suffix.lower()
     if suffix in _ONNX_SUFFIXES:
         return Backend.ORT
+    if suffix in _OPENVINO_SUFFIXES:
+        return Backend.OPENVINO
     return Backend.TRT if suffix in _ENGINE_SUFFIXES else Backend.TORCH
 
 
@@ -503,22 +508,29 @@ def _runtime_info(runner: Any, input_name: str, dtype: np.dtype, img_size: int, 
 
 _ONNX_SUFFIXES = (".onnx",)
 _ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
+_OPENVINO_SUFFIXES = (".xml",)
+# Which backends run which model file: kind, accepted backends (the first is the one to suggest).
+_FILE_BACKENDS = {
+    **dict.fromkeys(_ONNX_SUFFIXES, ("onnx", (Backend.ORT, Backend.OPENVINO))),
+    **dict.fromkeys(_ENGINE_SUFFIXES, ("engine", (Backend.TRT,))),
+    **dict.fromkeys(_OPENVINO_SUFFIXES, ("OpenVINO IR", (Backend.OPENVINO,))),
+}
 _CHECKPOINT_SUFFIXES = (".pt", ".pth", ".safetensors")
 
 
 def _open_runner(config: BenchConfig, stack: contextlib.ExitStack) -> tuple[Any, dict[str, Any]]:
     """Build the Runner ``config`` asks for; a registry name or checkpoint on ``ort`` is exported to a
-    temporary dynamic-batch ONNX file first (removed when ``stack`` closes)."""
+    temporary dynamic-batch ONNX file first (removed when ``stack`` closes); so is one on ``openvino``."""
     from ..deploy.runners import create_runner
 
     path, backend = Path(config.model), config.backend
     suffix = path.suffix.lower()
-    if suffix in _ONNX_SUFFIXES + _ENGINE_SUFFIXES:
-        kind, expected = ("onnx", Backend.ORT) if suffix in _ONNX_SUFFIXES else ("engine", Backend.TRT)
+    if suffix in _FILE_BACKENDS:
+        kind, accepted = _FILE_BACKENDS[suffix]
         if not path.is_file():
             raise ConfigError(f"no such file: {path}")
-        if backend is not expected:
-            raise ConfigError(f"{path.name} is an {kind} file: benchmark it with --backend {expected.value}")
+        if backend not in accepted:
+            raise ConfigError(f"{path.name} is an {kind} file: benchmark it with --backend {accepted[0].value}")
         return create_runner(path, backend.value, **_runner_options(config)), {"source": kind, "path": str(path)}
     if backend is Backend.TRT:
         raise ConfigError(
@@ -541,7 +553,7 @@ def _open_runner(config: BenchConfig, stack: contextlib.ExitStack) -> tuple[Any,
         check=False,
     )
     info["onnx_export"] = {"opset": report.opset, "dynamic_batch": True, "img_size": img_size, "temporary": True}
-    return create_runner(report.path, "ort", **_runner_options(config)), info
+    return create_runner(report.path, backend.value, **_runner_options(config)), info
 
 
 def load_deploy_model(source: str) -> tuple[Any, dict[str, Any]]:
@@ -570,6 +582,10 @@ def _runner_options(config: BenchConfig) -> dict[str, Any]:
     if config.backend is Backend.ORT:
         providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if config.device.startswith("cuda") else None
         return {"threads": config.threads, "providers": providers}
+    if config.backend is Backend.OPENVINO:
+        if config.device != "cpu":
+            raise ConfigError(f"--backend openvino runs on the CPU here; --device {config.device} is for torch/ort/trt")
+        return {"threads": config.threads, "precision": "f16" if config.precision is Precision.FP16 else "f32"}
     return {}
 
 

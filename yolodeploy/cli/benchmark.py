@@ -20,13 +20,15 @@ def _batch_sizes(values: tuple[str, ...]) -> tuple[int, ...]:
 
 @click.command("bench")
 @click.argument("model")
-@click.option("--backend", default="auto", show_default=True, help="torch, ort, trt, or auto (from MODEL's suffix).")
+@click.option(
+    "--backend", default="auto", show_default=True, help="torch, ort, trt, openvino, or auto (from MODEL's suffix)."
+)
 @click.option("--bs", "batch_sizes", multiple=True, default=("1",), show_default=True, help="Batch size (repeatable).")
 @click.option("--img", "img_size", type=int, default=None, help="Square input size [default: the model's].")
 @click.option("--warmup", type=int, default=3, show_default=True, help="Untimed calls before timing.")
 @click.option("--iters", type=int, default=None, help="Timed calls per batch size [default: 20].")
 @click.option("--seconds", type=float, default=None, help="Time budget per batch size instead of --iters.")
-@click.option("--threads", type=int, default=None, help="Intra-op threads (torch and ONNX Runtime).")
+@click.option("--threads", type=int, default=None, help="Intra-op threads (torch, ONNX Runtime, OpenVINO).")
 @click.option("--device", default="cpu", show_default=True, help="cpu or cuda[:N].")
 @click.option("--half", is_flag=True, help="fp16 (torch half, or an fp16 ONNX export for --backend ort).")
 @click.option("--e2e", is_flag=True, help="Also time pre-processing, inference and NMS on real images (--images).")
@@ -35,9 +37,11 @@ def _batch_sizes(values: tuple[str, ...]) -> tuple[int, ...]:
 @click.option("--no-reference", is_flag=True, help="Skip the reference workload (then no --normalize compare).")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, help="Write the result here.")
 def bench_command(model: str, batch_sizes: tuple[str, ...], half: bool, no_reference: bool, json_path, **options):
-    """Benchmark MODEL (.onnx, .engine, checkpoint or registry name): latency and throughput per batch size.
+    """Benchmark MODEL (.onnx, .engine, OpenVINO .xml, checkpoint or registry name): latency and throughput per
+    batch size.
 
-    A registry name or checkpoint with --backend ort is exported to a temporary dynamic-batch ONNX first.
+    A registry name or checkpoint with --backend ort or openvino is exported to a temporary dynamic-batch ONNX
+    first. An .onnx file runs on ONNX Runtime unless --backend openvino.
     """
     from ..bench.harness import BenchConfig, default_progress, run_benchmark
 

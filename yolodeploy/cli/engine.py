@@ -1,4 +1,5 @@
-"""``yolodeploy build-engine``: a TensorRT engine (or an ONNX Runtime optimized graph) from an ONNX file."""
+"""``yolodeploy build-engine``: a TensorRT engine (or an ONNX Runtime optimized graph, or OpenVINO IR) from an ONNX
+file."""
 
 from __future__ import annotations
 
@@ -6,14 +7,19 @@ import click
 
 __all__ = ["COMMANDS"]
 
-# Options that only mean something to TensorRT (refused with --backend ort rather than silently ignored).
+# Options that only mean something to TensorRT (refused with --backend ort/openvino rather than silently ignored).
 TRT_OPTIONS = ("fp16", "bs", "opt_bs", "min_shape", "opt_shape", "max_shape", "workspace", "timing_cache")
 
 
 @click.command("build-engine")
 @click.argument("onnx_path", metavar="MODEL.onnx", type=click.Path(dir_okay=False))
-@click.option("-o", "--output", type=click.Path(dir_okay=False), help="trt: default MODEL.engine; ort: MODEL.ort.onnx.")
-@click.option("--backend", type=click.Choice(["trt", "ort"]), default="trt", show_default=True)
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False),
+    help="trt: default MODEL.engine; ort: MODEL.ort.onnx; openvino: MODEL.xml.",
+)
+@click.option("--backend", type=click.Choice(["trt", "ort", "openvino"]), default="trt", show_default=True)
 @click.option("--fp16", is_flag=True, help="trt: allow fp16 kernels (TensorRT 11: needs an fp16 ONNX).")
 @click.option(
     "--int8",
@@ -38,14 +44,23 @@ TRT_OPTIONS = ("fp16", "bs", "opt_bs", "min_shape", "opt_shape", "max_shape", "w
 @click.option("--threads", type=int, help="ort: intra-op threads of the optimizing session.")
 def build_engine_command(onnx_path: str, output: str | None, backend: str, no_inspect: bool, **options) -> None:
     """Build a TensorRT engine from MODEL.onnx: the plan, its <engine>.json sidecar and <engine>.layers.json.
-    With --backend ort, save ONNX Runtime's optimized graph instead (--level; MODEL.ort.onnx + sidecar)."""
+    With --backend ort, save ONNX Runtime's optimized graph instead (--level; MODEL.ort.onnx + sidecar); with
+    --backend openvino, OpenVINO IR (MODEL.xml + MODEL.bin + sidecar; needs the openvino extra)."""
     from ..errors import ConfigError
 
     level, threads = options.pop("level"), options.pop("threads")
-    if backend == "ort":
+    if backend in ("ort", "openvino"):
         given = [f"--{name.replace('_', '-')}" for name in TRT_OPTIONS if options[name] not in (None, False, ())]
         if given:
-            raise ConfigError(f"{', '.join(given)}: TensorRT options, they do not apply to --backend ort")
+            raise ConfigError(f"{', '.join(given)}: TensorRT options, they do not apply to --backend {backend}")
+    if backend == "openvino":
+        if threads is not None or _given("level"):
+            raise ConfigError("--threads and --level apply to --backend ort only")
+        from ..deploy.openvino_build import convert_to_ir
+
+        click.echo("\n".join(convert_to_ir(onnx_path, output, int8=options["int8"]).lines()))
+        return
+    if backend == "ort":
         from ..deploy.ort_build import optimize_onnx
 
         if options["int8"]:
@@ -75,6 +90,12 @@ def build_engine_command(onnx_path: str, output: str | None, backend: str, no_in
             inspect=not no_inspect,
         )
     click.echo("\n".join(report.lines()))
+
+
+def _given(option: str) -> bool:
+    """Whether the user typed ``option`` (rather than click filling in its default)."""
+    source = click.get_current_context().get_parameter_source(option)
+    return source is not None and source.name not in ("DEFAULT", "DEFAULT_MAP")
 
 
 def _check_has_qdq(onnx_path: str) -> None:

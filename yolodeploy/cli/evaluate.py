@@ -12,8 +12,8 @@ __all__ = ["COMMANDS"]
 @click.option("--data", required=True, type=click.Path(), help="Dataset root (images/<split>, annotations/).")
 @click.option("--split", default="val", show_default=True, help="Split to evaluate.")
 @click.option(
-    "--backend", type=click.Choice(["auto", "torch", "ort", "trt"]), default="auto", show_default=True,
-    help="auto: from MODEL's suffix (.onnx -> ort, .engine -> trt, else torch).",
+    "--backend", type=click.Choice(["auto", "torch", "ort", "trt", "openvino"]), default="auto", show_default=True,
+    help="auto: from MODEL's suffix (.onnx -> ort, .engine -> trt, .xml -> openvino, else torch).",
 )  # fmt: skip
 @click.option("--img", "img_size", default=320, show_default=True, help="Square letterbox size.")
 @click.option("--border", default=0, show_default=True, help="Gray letterbox frame in pixels (YOLOv6 §3.1).")

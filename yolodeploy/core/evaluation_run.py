@@ -158,7 +158,7 @@ def _open_runner(config: EvalConfig, model, num_classes: int):
     if model is None:
         path = Path(config.model)
         suffix = path.suffix.lower()
-        if not path.exists() and suffix in (".onnx", ".engine", ".plan", ".safetensors", ".pt", ".pth"):
+        if not path.exists() and suffix in (".onnx", ".engine", ".plan", ".xml", ".safetensors", ".pt", ".pth"):
             raise ConfigError(f"{config.model}: no such model file")
         chosen = Backend.parse(config.backend) if config.backend != "auto" else None
         if chosen is None:

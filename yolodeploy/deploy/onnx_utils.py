@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from ..errors import OnnxModelError
+from ..errors import OnnxModelError, first_line
 from .runners.base import TensorMeta
 
 __all__ = ["TensorMeta", "load_onnx_checked", "onnx_io", "has_qdq", "onnx_opset", "check_opset", "IMAGE_INPUT_HINT"]
@@ -16,11 +16,6 @@ __all__ = ["TensorMeta", "load_onnx_checked", "onnx_io", "has_qdq", "onnx_opset"
 QDQ_OPS = frozenset({"QuantizeLinear", "DequantizeLinear"})
 IMAGE_DTYPES = (np.dtype(np.float32), np.dtype(np.float16))
 IMAGE_INPUT_HINT = "expected one image input (B, 3, H, W) float32/float16, as `yolodeploy export` writes"
-
-
-def _first_line(exc: BaseException, limit: int = 200) -> str:
-    text = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _tensor_meta(value: onnx.ValueInfoProto) -> TensorMeta:
@@ -105,7 +100,7 @@ def load_onnx_checked(path: str | os.PathLike, *, image_input: bool = True) -> o
         model = onnx.load(str(path))
         onnx.checker.check_model(model if model.ByteSize() < onnx.checker.MAXIMUM_PROTOBUF else str(path))
     except Exception as exc:  # protobuf DecodeError, onnx ValidationError, ...: the file, not our code
-        raise OnnxModelError(f"{path}: not a valid ONNX model ({_first_line(exc)}); re-export it") from None
+        raise OnnxModelError(f"{path}: not a valid ONNX model ({first_line(exc)}); re-export it") from None
     if image_input:
         _check_image_input(model, str(path))
     return model

@@ -74,6 +74,7 @@ from ..deploy.qdq_passes import (
     tie_scales_report,
     to_uint8_activations,
 )
+from ..deploy.runners.base import Runner
 from ..deploy.runners.onnxrt import is_available as ort_is_available
 from ..errors import ConfigError, ExportError
 from ..utils.choices import Choice
@@ -372,6 +373,7 @@ def check_qdq_parity(
     max_fraction: float = DEFAULT_MAX_FRACTION,
     optimization_level: str = "disable",
     threads: int | None = 1,
+    runner: Runner | None = None,
 ) -> ParityReport:
     """Run the fake-quant model and the Q/DQ ONNX (ONNX Runtime CPU) on ``batches``; compare per output.
 
@@ -385,6 +387,8 @@ def check_qdq_parity(
         optimization_level: ORT graph optimizations (``disable`` compares the graph as written; ``all`` lets ORT
             fuse int8 kernels, which round differently).
         threads: ORT intra-op threads.
+        runner: run the file on this (inactive) runner instead, e.g. an ``OpenVINORunner`` over it
+            (``optimization_level`` and ``threads`` then do not apply).
 
     Returns:
         A :class:`ParityReport` (``report.ok``, ``report.summary()``).
@@ -398,7 +402,9 @@ def check_qdq_parity(
     flavour = detect_flavour(onnx_path) if flavour is None else QdqFlavour.parse(flavour)
     reference = for_flavour(qmodel, flavour.value).eval()
     refs, tests = [], []
-    with OnnxRuntimeRunner(onnx_path, threads=threads, optimization_level=optimization_level) as runner:
+    if runner is None:
+        runner = OnnxRuntimeRunner(onnx_path, threads=threads, optimization_level=optimization_level)
+    with runner:
         for batch in batches:
             with torch.no_grad():
                 refs.append(reference(batch).numpy())

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ...errors import BackendUnavailableError, ConfigError, OnnxModelError, RunnerError
+from ...errors import BackendUnavailableError, ConfigError, OnnxModelError, RunnerError, first_line
 from .base import Runner, TensorMeta
 
 __all__ = ["OnnxRuntimeRunner", "is_available", "get_version", "import_onnxruntime", "resolve_providers"]
@@ -174,7 +174,7 @@ class OnnxRuntimeRunner(Runner):
             self._session = ort.InferenceSession(source, self.session_options(), providers=providers)
         except Exception as exc:  # ORT raises its own pybind classes (InvalidProtobuf, Fail, ...)
             label = source if isinstance(source, str) else "ONNX bytes"
-            raise OnnxModelError(f"{label}: ONNX Runtime cannot load it ({_first_line(exc)}); re-export it") from None
+            raise OnnxModelError(f"{label}: ONNX Runtime cannot load it ({first_line(exc)}); re-export it") from None
         first = _provider_name(providers[0])
         self.device = "cuda:0" if first in GPU_PROVIDERS else "cpu"
         self._inputs = {
@@ -201,7 +201,7 @@ class OnnxRuntimeRunner(Runner):
         try:
             values = self._session.run(self._outputs, feed)
         except Exception as exc:  # e.g. a spatial size the graph cannot take (not a multiple of the stride)
-            raise RunnerError(f"ONNX Runtime failed on this feed: {_first_line(exc)}") from None
+            raise RunnerError(f"ONNX Runtime failed on this feed: {first_line(exc)}") from None
         return dict(zip(self._outputs, values))
 
 
@@ -209,8 +209,3 @@ def _numpy_dtype(ort_type: str) -> np.dtype:
     if ort_type not in ORT_TYPES:
         raise RunnerError(f"unsupported ONNX tensor type {ort_type}")
     return np.dtype(ORT_TYPES[ort_type])
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip() or type(exc).__name__
-    return text.splitlines()[0][:300]
