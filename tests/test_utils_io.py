@@ -22,3 +22,15 @@ def test_failed_write_leaves_nothing_behind(tmp_path):
             raise RuntimeError("interrupted")
     assert target.read_text() == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["out.txt"]
+
+
+def test_written_files_get_the_usual_mode_not_mkstemps_0600(tmp_path):
+    import os
+
+    umask = os.umask(0o022)
+    try:
+        target = tmp_path / "model.onnx"
+        atomic_write_text(target, "x")
+    finally:
+        os.umask(umask)
+    assert target.stat().st_mode & 0o777 == 0o644

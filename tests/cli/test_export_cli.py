@@ -105,3 +105,48 @@ def test_export_triton_non_image_onnx(tmp_path):
     onnx.save(onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)]), str(path))
     assert_one_line_error(run_cli("export-triton", path, "-o", tmp_path / "repo"), "not an image tensor")
     assert not (tmp_path / "repo").exists()
+
+
+@pytest.fixture(scope="module")
+def quantized_checkpoint(tmp_path_factory):
+    """A calibrated yolov6n (2 classes) saved as a ``form="quantized"`` checkpoint, and its fake-quant model."""
+    from yolodeploy.core.init import randomize_for_verification_
+    from yolodeploy.quant.calibrate import calibrate
+    from yolodeploy.quant.model import quantize_model, save_quantized
+
+    torch.manual_seed(0)
+    qmodel = quantize_model(randomize_for_verification_(create_model("yolov6n", num_classes=2), 0).eval())
+    calibrate(qmodel, [torch.rand(4, 3, 64, 64)], method="percentile", percentile=99.99)
+    return save_quantized(qmodel, tmp_path_factory.mktemp("q") / "int8.safetensors"), qmodel
+
+
+@pytest.mark.parametrize("flavour", ["ort", "trt"])
+def test_export_quantized_checkpoint_at_another_size(quantized_checkpoint, tiny_dataset, tmp_path, flavour):
+    """A quantized checkpoint re-exports as Q/DQ (graph passes applied) at a size it was not calibrated at, and
+    the file equals what ``export_qdq_onnx`` writes from the in-memory model."""
+    from yolodeploy.deploy.runners.onnxrt import OnnxRuntimeRunner
+    from yolodeploy.quant.export import export_qdq_onnx
+
+    ckpt, qmodel = quantized_checkpoint
+    out = tmp_path / f"q_{flavour}.onnx"
+    args = ["export", ckpt, "-o", out, "--img", "96", "--dynamic-batch", "--flavour", flavour, "--opset", "13"]
+    result = run_cli(*args, "--check-data", tiny_dataset)
+    assert result.exit_code == 0, result.output
+    assert f"Q/DQ ONNX ({flavour} flavour), opset 13, 96x96, dynamic batch" in result.output
+    assert "parity ok on 2 images" in result.output  # the tiny calib split has 2
+    direct = export_qdq_onnx(qmodel, tmp_path / "direct.onnx", img_size=96, flavour=flavour)
+    x = torch.rand(2, 3, 96, 96).numpy()
+    with OnnxRuntimeRunner(out, threads=1) as a, OnnxRuntimeRunner(direct, threads=1) as b:
+        assert (a.infer({"images": x})["outputs"] == b.infer({"images": x})["outputs"]).all()
+
+
+def test_export_quantized_checkpoint_refusals(quantized_checkpoint, tmp_path):
+    ckpt, _ = quantized_checkpoint
+    out = tmp_path / "q.onnx"
+    assert_one_line_error(run_cli("export", ckpt, "-o", out), "--check-data DIR, or --no-check")
+    assert_one_line_error(
+        run_cli("export", ckpt, "-o", out, "--nms", "ort", "--no-check"), "--nms: not for a quantized"
+    )
+    assert_one_line_error(run_cli("export", ckpt, "-o", out, "--half", "--no-check"), "--half")
+    assert_one_line_error(run_cli("export", "yolov6n", "-o", out, "--flavour", "trt"), "apply to quantized checkpoints")
+    assert not out.exists()

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
+
 import click
 
 __all__ = ["COMMANDS"]
@@ -31,6 +34,18 @@ __all__ = ["COMMANDS"]
     show_default=True,
     help="torch.onnx.export path (dynamo needs --opset 18 for these models).",
 )
+@click.option(
+    "--flavour",
+    type=click.Choice(["ort", "trt"]),
+    default=None,
+    help="Quantized checkpoints: Q/DQ for ONNX Runtime/OpenVINO (ort, uint8; the default) or TensorRT (trt, int8).",
+)
+@click.option(
+    "--check-data",
+    type=click.Path(exists=True),
+    default=None,
+    help="Quantized checkpoints: dataset root or image folder whose images the Q/DQ parity check runs on.",
+)
 @click.option("--no-check", is_flag=True, help="Skip the ONNX Runtime parity check.")
 def export_command(
     checkpoint: str,
@@ -44,17 +59,39 @@ def export_command(
     iou: float,
     conf: float,
     exporter: str,
+    flavour: str | None,
+    check_data: str | None,
     no_check: bool,
 ) -> None:
     """Export the deploy form of CKPT to ONNX and check it in ONNX Runtime against PyTorch.
 
     CKPT is a yolodeploy checkpoint (.safetensors), an official YOLOv6/v7/v9 .pt, or a model name from
-    `yolodeploy models` (random weights: for benchmarks and tests only).
+    `yolodeploy models` (random weights: for benchmarks and tests only). A quantized checkpoint (from
+    `yolodeploy quantize`) is written as explicit Q/DQ ONNX with the graph passes (--flavour), e.g. at another
+    --img than it was calibrated at, and checked against its fake-quant model within one quantization step on
+    real images (--check-data; random noise has no detections to compare).
     """
     from ..deploy.export import export_onnx, load_model_source
     from ..deploy.nms import NMSConfig
+    from ..errors import ConfigError
+    from ..quant.model import QUANTIZED_FORM
 
     model = load_model_source(checkpoint)
+    if getattr(model, "form", None) == QUANTIZED_FORM:
+        refused = {"--half": half, "--nms": nms != "none", "--exporter dynamo": exporter != "torchscript"}
+        if any(refused.values()):
+            given = ", ".join(name for name, on in refused.items() if on)
+            raise ConfigError(f"{given}: not for a quantized checkpoint (its Q/DQ export is fp32 I/O, raw outputs)")
+        if check_data is None and not no_check:
+            raise ConfigError("a quantized checkpoint is checked on real images: pass --check-data DIR, or --no-check")
+        img = img_size or _square(getattr(model, "input_size", None)) or 640
+        lines = export_quantized(model, output, img, dynamic_batch, opset, flavour or "ort", check_data=check_data)
+        click.echo("\n".join(lines))
+        return
+    if flavour is not None or check_data is not None:
+        raise ConfigError(
+            "--flavour and --check-data apply to quantized checkpoints (the .safetensors `yolodeploy quantize` writes)"
+        )
     report = export_onnx(
         model,
         output,
@@ -67,6 +104,52 @@ def export_command(
         exporter=exporter,
     )
     click.echo("\n".join(report.lines()))
+
+
+def export_quantized(
+    qmodel, output: str, img: int, dynamic_batch: bool, opset: int, flavour: str, *, check_data: str | None
+) -> list[str]:
+    """Q/DQ export of a quantized model; with ``check_data``, the file lands only if ONNX Runtime agrees with the
+    fake-quant model within one quantization step on 4 of its images (letterboxed like calibration)."""
+    import onnx
+
+    from ..errors import ExportError
+    from ..quant.calibrate import calibration_batches, calibration_images
+    from ..quant.export import check_qdq_parity, count_qdq_nodes, export_qdq_onnx
+    from ..utils.io import atomic_path
+
+    with atomic_path(output) as tmp:
+        export_qdq_onnx(qmodel, tmp, img_size=img, dynamic_batch=dynamic_batch, opset=opset, flavour=flavour)
+        batch = "dynamic" if dynamic_batch else "static"
+        qdq = count_qdq_nodes(onnx.load(str(tmp)))
+        lines = [f"{output}: Q/DQ ONNX ({flavour} flavour), opset {opset}, {img}x{img}, {batch} batch, {qdq} Q/DQ"]
+        if check_data is not None:
+            with _quiet_calibration_logger():  # 4 images are plenty for a parity check, no "too few" warning
+                paths = calibration_images(check_data, count=4)
+            batches = calibration_batches(paths, img, batch=2)
+            parity = check_qdq_parity(qmodel, tmp, batches, flavour=flavour)
+            if not parity.ok:
+                raise ExportError(f"file not written: {parity.summary()}")
+            lines.append(f"  {parity.summary()}")
+    return lines
+
+
+@contextlib.contextmanager
+def _quiet_calibration_logger():
+    logger = logging.getLogger("yolodeploy.quant.calibrate")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def _square(size) -> int | None:
+    if not size:
+        return None
+    height, width = (size, size) if isinstance(size, int) else tuple(size)
+    return int(max(height, width))
 
 
 def _batch_list(value: str | None) -> list[int]:

@@ -12,6 +12,13 @@ from pathlib import Path
 __all__ = ["atomic_path", "atomic_write_text", "file_sha256"]
 
 
+def _default_file_mode() -> int:
+    """What ``open(..., "w")`` would give a new file: 0o666 minus the process umask (mkstemp makes 0o600)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success rename it onto ``path``, on error delete it.
@@ -27,6 +34,8 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     tmp = Path(tmp_name)
     try:
         yield tmp
+        if tmp.exists():
+            os.chmod(tmp, _default_file_mode())
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
