@@ -92,6 +92,23 @@ def export_tiny_onnx(path: Path, *, img_size: int = 32, dynamic_batch: bool = Tr
     return net
 
 
+def load_benchmark(name: str):
+    """Import ``benchmarks/<name>.py`` (not a package) as a module; its folder is on ``sys.path`` meanwhile, for
+    scripts that import their neighbours."""
+    import importlib.util
+    import sys
+
+    folder = str(REPO_ROOT / "benchmarks")
+    sys.path.insert(0, folder)
+    try:
+        spec = importlib.util.spec_from_file_location(name, REPO_ROOT / "benchmarks" / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(folder)
+    return module
+
+
 def run_cli(*args):
     """Invoke the ``yolodeploy`` CLI in-process (arguments converted to strings)."""
     from click.testing import CliRunner

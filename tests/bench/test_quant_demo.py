@@ -2,24 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 
 import pytest
-from conftest import REPO_ROOT
+from conftest import load_benchmark
 
 
 @pytest.fixture(scope="module")
 def quant_demo():
-    sys.path.insert(0, str(REPO_ROOT / "benchmarks"))  # it imports quant_peers from its own folder
-    try:
-        spec = importlib.util.spec_from_file_location("quant_demo", REPO_ROOT / "benchmarks" / "quant_demo.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-    finally:
-        sys.path.remove(str(REPO_ROOT / "benchmarks"))
-    return module
+    return load_benchmark("quant_demo")
 
 
 def test_our_commands_cover_every_row(quant_demo):

@@ -2,20 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 
 import pytest
 import torch
-from conftest import REPO_ROOT
+from conftest import load_benchmark
 
 
 @pytest.fixture(scope="module")
 def repopt_ptq():
-    spec = importlib.util.spec_from_file_location("repopt_ptq", REPO_ROOT / "benchmarks" / "repopt_ptq.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("repopt_ptq")
 
 
 def _trained_checkpoint(tmp_path, arch: str, epochs: int, scales: str | None):

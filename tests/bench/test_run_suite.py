@@ -3,21 +3,17 @@
 from __future__ import annotations
 
 import copy
-import importlib.util
 import json
 
 import pytest
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, load_benchmark
 
 RECORDED = REPO_ROOT / "tests" / "bench" / "data" / "recorded_suite.json"
 
 
 @pytest.fixture(scope="module")
 def run_suite():
-    spec = importlib.util.spec_from_file_location("run_suite", REPO_ROOT / "benchmarks" / "run_suite.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("run_suite")
 
 
 def test_shipped_suite_is_valid(run_suite):
