@@ -7,14 +7,21 @@ import json
 import pytest
 from conftest import assert_one_line_error, run_cli
 
+from yolodeploy.deploy.runners.openvino_runner import is_available as openvino_available
+
 pytestmark = pytest.mark.usefixtures("single_thread_torch")
 
 
-def test_quantize_ptq_end_to_end(tiny_dataset, tiny_checkpoint, tmp_path):
+@pytest.mark.parametrize(
+    "bench_backend",
+    ["ort", pytest.param("openvino", marks=pytest.mark.skipif(not openvino_available(), reason="no openvino"))],
+)
+def test_quantize_ptq_end_to_end(tiny_dataset, tiny_checkpoint, tmp_path, bench_backend):
     out = tmp_path / "out"
     result = run_cli(
         "quantize", tiny_checkpoint, "--data", tiny_dataset, "--ptq", "--img", 64, "--calib-images", 4,
         "--val-images", 4, "--method", "max", "--bench", "--bs", 1, "--bs", 2, "--iters", 2, "-o", out,
+        "--bench-backend", bench_backend,
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
@@ -23,6 +30,7 @@ def test_quantize_ptq_end_to_end(tiny_dataset, tiny_checkpoint, tmp_path):
     assert any(line.startswith("wrote ") and line.endswith("(int8_ort_onnx)") for line in lines)
     report = json.loads((out / "quant_report.json").read_text())
     assert report["config"]["method"] == "max" and report["command"].startswith("yolodeploy")
+    assert report["config"]["bench_backend"] == bench_backend
     assert set(report["rows"]["ptq"]["latency_ms"]) == {"1", "2"}
     assert (
         (out / "int8_ort.onnx").is_file() and (out / "int8_trt.onnx").is_file() and (out / "int8.safetensors").is_file()

@@ -47,9 +47,11 @@ _QAT_FIELDS = {"epochs": "epochs", "distill": "distill", "qat_lr": "lr", "qat_ba
 @click.option("--img", "img_size", default=224, show_default=True, help="Square letterbox size (multiple of 32).")
 @click.option("--border", default=0, show_default=True, help="Gray letterbox frame in pixels (YOLOv6 §3.1).")
 @click.option("--seed", default=0, show_default=True, help="Image sampling seed.")
-@click.option("--bench", is_flag=True, help="Also measure ONNX Runtime latency of every row's ONNX file.")
+@click.option("--bench", is_flag=True, help="Also measure the latency of every row's ONNX file (--bench-backend).")
 @click.option("--bs", "batch_sizes", type=int, multiple=True, default=(1, 32), show_default=True, help="--bench sizes.")
 @click.option("--iters", default=10, show_default=True, help="Timed calls per batch size for --bench.")
+@click.option("--bench-backend", type=click.Choice(["ort", "openvino"]), default="ort", show_default=True,
+              help="--bench runtime: ONNX Runtime or OpenVINO (CPU; the openvino extra).")  # fmt: skip
 @click.option("--partial", "qat_partial", is_flag=True,
               help="QAT starts from the partial PTQ model (its --sensitive-topk/--max-ap-drop layers stay float) "
               "[default: every layer quantized].")  # fmt: skip

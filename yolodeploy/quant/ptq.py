@@ -56,6 +56,7 @@ __all__ = ["PTQ_VERSION", "PTQConfig", "PTQResult", "run_ptq"]
 logger = logging.getLogger(__name__)
 
 PTQ_VERSION = 1
+BENCH_BACKENDS = ("ort", "openvino")  # CPU runtimes that run the Q/DQ files in int8
 _METRICS = ("mse", "snr", "cosine", "ap")
 
 
@@ -89,6 +90,7 @@ class PTQConfig:
         batch: images per forward / inference call.
         cache_dir: calibration cache (None: ``OUTPUT/calib_cache``).
         bench_batch_sizes / bench_iters: ORT latency of the FP32 and INT8 files (empty: not measured).
+        bench_backend: where that latency is measured: ``ort`` (ONNX Runtime CPU) or ``openvino`` (OpenVINO CPU).
         command: the argv that produced the run (recorded in the report and in every row).
         qat: also run QAT with these hyper-parameters (None: PTQ only); ``qat.img_size`` must equal ``img_size``.
         qat_partial: QAT starts from the partial PTQ model (its float layers stay float) instead of every layer
@@ -119,6 +121,7 @@ class PTQConfig:
     cache_dir: str | None = None
     bench_batch_sizes: tuple[int, ...] = ()
     bench_iters: int = 10
+    bench_backend: str = "ort"
     command: str | None = None
     qat: QATConfig | None = None
     qat_partial: bool = False
@@ -143,6 +146,8 @@ class PTQConfig:
             raise ConfigError(f"val_images must be >= 1 (None: the whole split), got {self.val_images}")
         if any(b < 1 for b in self.bench_batch_sizes):
             raise ConfigError(f"bench batch sizes must be >= 1, got {self.bench_batch_sizes}")
+        if self.bench_backend not in BENCH_BACKENDS:
+            raise ConfigError(f"bench_backend must be one of {', '.join(BENCH_BACKENDS)}, got {self.bench_backend!r}")
         self._check_qat()
 
     def _check_qat(self) -> None:
@@ -438,7 +443,7 @@ def _bench(config: PTQConfig, path: Path) -> dict[str, float]:
     from ..bench.harness import BenchConfig, run_benchmark
 
     bench = BenchConfig(
-        model=str(path), backend="ort", batch_sizes=config.bench_batch_sizes, img_size=config.img_size,
+        model=str(path), backend=config.bench_backend, batch_sizes=config.bench_batch_sizes, img_size=config.img_size,
         warmup=2, iters=config.bench_iters, reference=False,
     )  # fmt: skip
     result = run_benchmark(bench)
