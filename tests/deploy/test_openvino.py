@@ -124,6 +124,7 @@ def test_build_engine_openvino_writes_ir_that_runs_like_the_onnx(int8_ort_onnx, 
     assert sorted(p.name for p in xml.parent.iterdir()) == ["q.bin", "q.xml", "q.xml.json"]  # no temp leftovers
     sidecar = json.loads((xml.parent / "q.xml.json").read_text())
     assert sidecar["format"] == "yolodeploy-openvino-ir" and sidecar["fake_quantize"] > 60
+    assert sidecar["activation_dtype"] == "uint8" and "note:" not in result.output
     x = images(2, 64)
     with create_runner(xml, threads=1) as from_ir, OpenVINORunner(int8_ort_onnx, threads=1) as from_onnx:
         assert from_ir.backend == "openvino"
@@ -184,3 +185,13 @@ def test_eval_on_openvino_equals_ort(tiny_dataset, tmp_path):
         assert result.exit_code == 0, result.output
         aps[backend] = json.loads(out.read_text())["metrics"]
     assert aps["openvino"] == pytest.approx(aps["ort"], abs=1e-3)
+
+
+@needs_openvino
+def test_build_engine_openvino_warns_about_int8_activations(qmodel, tmp_path):
+    from yolodeploy.quant.export import export_qdq_onnx
+
+    trt = export_qdq_onnx(qmodel, tmp_path / "q_trt.onnx", img_size=64, flavour="trt")
+    result = run_cli("build-engine", trt, "--backend", "openvino", "--int8", "-o", tmp_path / "q.xml")
+    assert result.exit_code == 0, result.output
+    assert "note: int8 (TensorRT-style) activations" in result.output and "*_ort.onnx" in result.output

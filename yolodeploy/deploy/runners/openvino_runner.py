@@ -7,6 +7,10 @@ defaults differ from OpenVINO's own, both for honest comparisons with ONNX Runti
   BF16 or AMX, which is not an FP32 baseline. Q/DQ layers run int8 kernels whatever the hint says.
 - ``static_shapes=True``: a model with a dynamic batch is compiled once per input shape it is fed (a few
   compiled shapes are kept), because OpenVINO's static-shape kernels are faster than its dynamic ones.
+
+For INT8, give it the ``ort`` flavour of ``yolodeploy quantize`` (``*_ort.onnx``, uint8 activations): it matches the
+fake-quant model within one quantization step (tested), while on the int8-activation ``*_trt.onnx`` OpenVINO lost
+about one AP point against ONNX Runtime on the demo model (``deploy/openvino_build.py``).
 """
 
 from __future__ import annotations
