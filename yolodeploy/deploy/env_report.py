@@ -54,7 +54,8 @@ def _tensorrt_entry() -> dict[str, Any]:
 
 def _openvino_entry() -> dict[str, Any]:
     if importlib.util.find_spec("openvino") is None:
-        return {"available": False, "version": None, "reason": "not installed (optional): pip install openvino"}
+        reason = "not installed (optional): pip install 'yolodeploy[openvino]'"
+        return {"available": False, "version": None, "reason": reason}
     try:
         import openvino
 
