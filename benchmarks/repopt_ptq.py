@@ -7,8 +7,9 @@ Usage:
 Each JSON is the ``--json`` record of ``yolodeploy quantize CHECKPOINT --data D --ptq ...`` (FP32 and PTQ AP of one
 model, with the command). The checkpoint named in that command carries its training config (``train_config`` in
 its metadata: model, epochs, schedule, ``repopt_scales``); its run folder's ``results.json`` gives the training
-time. A pair label already in the output file is replaced, other pairs are kept, so pairs trained in different
-sessions accumulate in one record. Prints the table and writes the JSON and a markdown table beside it.
+time. The committed demo model has no training metadata (it was re-saved in fp16): its training comes from
+``results/demo_model.json``. A pair label already in the output file is replaced, other pairs are kept, so pairs
+trained in different sessions accumulate in one record. Prints the table; writes the JSON and a markdown table.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from typing import Any
 from yolodeploy.utils.io import atomic_write_text
 
 RESULTS = Path(__file__).resolve().parent / "results" / "repopt_ptq.json"
+DEMO_RECORD = RESULTS.with_name("demo_model.json")
 TRAIN_KEYS = ("model", "epochs", "img_size", "batch_size", "seed", "close_mosaic", "repopt_scales")
 
 
@@ -41,6 +43,8 @@ def training_summary(checkpoint: str) -> dict[str, Any]:
     user = meta.get("user", {})
     config = user.get("train_config", {})
     summary = {"checkpoint": checkpoint, "arch": meta.get("arch"), "epoch": user.get("epoch")}
+    if not config:
+        return {**summary, **recorded_training(checkpoint)}
     summary["train"] = {key: config.get(key) for key in TRAIN_KEYS}
     summary["train"]["warmup_epochs"] = config.get("optim", {}).get("warmup_epochs")
     results = Path(config.get("output", "")) / "results.json"
@@ -48,6 +52,16 @@ def training_summary(checkpoint: str) -> dict[str, Any]:
         epochs = json.loads(results.read_text())
         summary["train_seconds"] = round(sum(e.get("train_seconds", 0.0) for e in epochs), 1)
     return summary
+
+
+def recorded_training(checkpoint: str) -> dict[str, Any]:
+    """Training facts of a checkpoint without metadata, from ``demo_model.json`` when it is that record's model."""
+    record = json.loads(DEMO_RECORD.read_text()) if DEMO_RECORD.is_file() else {}
+    if record.get("checkpoint") != checkpoint:
+        return {"train": None}
+    argv = record["train_command"]
+    train = {"model": argv[argv.index("--model") + 1], "epochs": record["epochs"], "command": shlex.join(argv)}
+    return {"epoch": record.get("best_epoch"), "train": train, "train_seconds": record.get("train_seconds")}
 
 
 def model_row(record_path: str) -> dict[str, Any]:
@@ -66,7 +80,8 @@ def markdown(pairs: dict[str, dict]) -> str:
     for label, pair in pairs.items():
         for kind in ("plain", "repopt"):
             row = pair[kind]
-            lines.append(f"| {label} | {kind} ({row['arch']}) | {row['train']['epochs']} | {row['fp32_ap']:.4f} | "
+            epochs = (row.get("train") or {}).get("epochs", "?")
+            lines.append(f"| {label} | {kind} ({row['arch']}) | {epochs} | {row['fp32_ap']:.4f} | "
                          f"{row['ptq_ap']:.4f} | {row['ptq_ap_drop_points']:+.2f} |")  # fmt: skip
     return "\n".join(lines) + "\n"
 

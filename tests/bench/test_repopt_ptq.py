@@ -50,3 +50,19 @@ def test_pairs_accumulate_and_rows_carry_their_training(repopt_ptq, tmp_path, ca
     assert pairs["4ep"]["repopt"]["train"]["repopt_scales"] == "s.safetensors"
     assert "| 4ep | plain (yolov6n) | 4 | 0.5000 | 0.4900 | +1.00 |" in out.with_suffix(".md").read_text()
     assert "+0.20" in capsys.readouterr().out
+
+
+def test_a_checkpoint_without_training_metadata_takes_it_from_the_demo_record(repopt_ptq, tmp_path, monkeypatch):
+    from yolodeploy.models import create_model, save_checkpoint
+
+    torch.manual_seed(0)
+    ckpt = str(save_checkpoint(create_model("yolov6n", num_classes=2), tmp_path / "demo.safetensors"))
+    record = {"checkpoint": ckpt, "epochs": 32, "best_epoch": 32, "train_seconds": 600.0,
+              "train_command": ["yolodeploy", "train", "--model", "yolov6n", "--epochs", "32"]}  # fmt: skip
+    (tmp_path / "demo_model.json").write_text(json.dumps(record))
+    monkeypatch.setattr(repopt_ptq, "DEMO_RECORD", tmp_path / "demo_model.json")
+    summary = repopt_ptq.training_summary(ckpt)
+    assert summary["train"]["epochs"] == 32 and summary["train_seconds"] == 600.0
+    assert summary["train"]["command"] == "yolodeploy train --model yolov6n --epochs 32"
+    monkeypatch.setattr(repopt_ptq, "DEMO_RECORD", tmp_path / "absent.json")
+    assert repopt_ptq.training_summary(ckpt)["train"] is None
