@@ -106,7 +106,7 @@ class OpenVINORunner(Runner):
         self.performance_hint = performance_hint.upper()
         self.static_shapes = static_shapes
         self.max_compiled = max(1, max_compiled)
-        self._model = None
+        self._core = self._model = None
         self._compiled: collections.OrderedDict[tuple, Any] = collections.OrderedDict()
         self._inputs: dict[str, TensorMeta] = {}
         self._outputs: list[str] = []
