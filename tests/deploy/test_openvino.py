@@ -88,6 +88,7 @@ def test_bad_files_are_one_line_errors(tiny_onnx, tmp_path):
 def test_compiles_once_per_batch_shape_and_evicts_the_oldest(tiny_onnx):
     path, net = tiny_onnx
     with OpenVINORunner(path, threads=1, max_compiled=2) as runner:
+        assert runner.device == "cpu" and runner.ov_device == "CPU"  # torch-style device, OpenVINO's own name
         assert runner.compiled_shapes == []  # a dynamic batch: nothing compiled before the first feed
         for batch in (1, 2, 1, 3):
             x = images(batch, 32)
@@ -157,11 +158,12 @@ def test_bench_onnx_and_ir_on_openvino(int8_ort_onnx, tmp_path):
     fast = ["--bs", "1", "--bs", "2", "--warmup", "1", "--iters", "2", "--threads", "1", "--no-reference"]
     result = run_cli("bench", int8_ort_onnx, "--backend", "openvino", *fast, "--json", out)
     assert result.exit_code == 0, result.output
-    assert "q_ort | openvino on CPU | float32 64x64" in result.output
+    assert "q_ort | openvino on cpu | float32 64x64" in result.output
     data = json.loads(out.read_text())
     assert data["config"]["backend"] == "openvino" and [b["batch_size"] for b in data["batches"]] == [1, 2]
-    result = run_cli("bench", xml, *fast)  # .xml picks OpenVINO by itself
-    assert result.exit_code == 0 and "q | openvino on CPU" in result.output, result.output
+    result = run_cli("bench", xml, *fast[:-1])  # .xml picks OpenVINO by itself; with the (PyTorch) reference workload
+    assert result.exit_code == 0 and "q | openvino on cpu" in result.output, result.output
+    assert "reference workload" in result.output
     assert_one_line_error(run_cli("bench", xml, "--backend", "ort"), "OpenVINO IR file", "--backend openvino")
     assert_one_line_error(run_cli("bench", int8_ort_onnx, "--backend", "openvino", "--device", "cuda"), "on the CPU")
 

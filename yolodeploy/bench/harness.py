@@ -415,12 +415,14 @@ def run_benchmark(
         input_name, dtype, img_size = _input_spec(runner, config, model_info.get("input_size"))
         cuda = str(runner.device).startswith("cuda")
         stopwatch = Stopwatch(cuda)
-        reference_before = _measure_reference(config, stopwatch, runner.device) if config.reference else None
+        # the reference workload is PyTorch: on the runner's device when torch has it (cpu, cuda), else the CPU
+        host = runner.device if str(runner.device).startswith(("cpu", "cuda")) else "cpu"
+        reference_before = _measure_reference(config, stopwatch, host) if config.reference else None
         batches = []
         for batch_size in config.batch_sizes:
             feed = {input_name: _random_batch(batch_size, img_size, dtype)}
             batches.append(_bench_batch(runner, feed, config, stopwatch, progress))
-        reference_after = _measure_reference(config, stopwatch, runner.device) if config.reference else None
+        reference_after = _measure_reference(config, stopwatch, host) if config.reference else None
         model_info.update(_runtime_info(runner, input_name, dtype, img_size, config))
     reference = _reference_summary(reference_before, reference_after) if config.reference else None
     return BenchResult(

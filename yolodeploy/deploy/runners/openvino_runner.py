@@ -64,7 +64,8 @@ class OpenVINORunner(Runner):
 
     Args:
         model_path: an ``.onnx`` file or an OpenVINO IR ``.xml`` (its ``.bin`` beside it).
-        device: OpenVINO device name (``CPU``; ``GPU`` for Intel GPUs); ``cpu`` is accepted.
+        device: OpenVINO device name (``CPU``; ``GPU`` for Intel GPUs; any case). ``runner.device`` is ``"cpu"`` for
+            the CPU, like the other runners; ``runner.ov_device`` is OpenVINO's name.
         threads: ``INFERENCE_NUM_THREADS`` on CPU (None = OpenVINO's default, all cores).
         precision: ``INFERENCE_PRECISION_HINT`` for float layers: ``f32`` (default), ``bf16`` or ``f16``.
         performance_hint: ``LATENCY`` (default; one request at a time) or ``THROUGHPUT``.
@@ -99,7 +100,8 @@ class OpenVINORunner(Runner):
             raise ConfigError("OpenVINO does not run on CUDA devices; use --backend trt or ort for NVIDIA GPUs")
         if not isinstance(model_path, (str, os.PathLike)):
             raise ConfigError(f"OpenVINORunner takes an .onnx or .xml path, got {type(model_path).__name__}")
-        super().__init__(device.upper())
+        self.ov_device = device.upper()  # OpenVINO's name; ``device`` stays in yolodeploy's spelling ("cpu")
+        super().__init__("cpu" if self.ov_device.startswith("CPU") else self.ov_device.lower())
         self.model_path = Path(model_path)
         self.threads = threads
         self.precision = precision
@@ -114,7 +116,7 @@ class OpenVINORunner(Runner):
     def compile_config(self) -> dict[str, Any]:
         """The properties every ``compile_model`` call gets."""
         config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": self.precision, "PERFORMANCE_HINT": self.performance_hint}
-        if self.threads is not None and self.device.startswith("CPU"):
+        if self.threads is not None and self.ov_device.startswith("CPU"):
             config["INFERENCE_NUM_THREADS"] = self.threads
         return config
 
@@ -163,10 +165,10 @@ class OpenVINORunner(Runner):
             model = self._model.clone()
             model.reshape(dict(zip(self._inputs, shape_key)))
         try:
-            compiled = self._core.compile_model(model, self.device, self.compile_config())
+            compiled = self._core.compile_model(model, self.ov_device, self.compile_config())
         except Exception as exc:
             raise RunnerError(
-                f"OpenVINO cannot compile {self.model_path.name} for {self.device}: {first_line(exc)}"
+                f"OpenVINO cannot compile {self.model_path.name} for {self.ov_device}: {first_line(exc)}"
             ) from None
         self._compiled[shape_key] = compiled.create_infer_request()
         while len(self._compiled) > self.max_compiled:
