@@ -5,9 +5,9 @@ Usage:
 
 Per batch size (1 with 20 calls per round, 32 with 3), one warm-up call per model, then 5 rounds in which every
 model runs one untimed call (ONNX Runtime's worker threads spin after a call and would slow the next model's first
-call) and then its timed calls in turn, so all models share the same background load; the figure is the median call time
-and the speed-up is relative to the FIRST file. ``intra_op_num_threads=2``, all graph optimizations, one random
-input per batch size shared by all models. Prints one line per model and batch size.
+call) and then its timed calls in turn, so all models share the same background load; the figure is the median
+call time and the speed-up is relative to the FIRST file. ``OnnxRuntimeRunner`` with ``--threads`` (2), all graph
+optimizations, one random input per batch size shared by all models. Prints one line per model and batch size.
 """
 
 from __future__ import annotations
@@ -17,25 +17,18 @@ import argparse
 import numpy as np
 
 from yolodeploy.bench.latency import time_interleaved
+from yolodeploy.deploy.runners import create_runner
 
 ROUNDS = 5
 CALLS_PER_ROUND = {1: 20, 32: 3}
 
 
-def session(path: str, threads: int):
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    return ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
-
-
 def time_models(paths: list[str], img: int, batch: int, calls: int, threads: int) -> dict[str, float]:
     """Median milliseconds per call of each model, interleaved round by round."""
-    sessions = [session(path, threads) for path in paths]
+    runners = [create_runner(path, "ort", threads=threads).activate() for path in paths]
     x = np.random.rand(batch, 3, img, img).astype(np.float32)
-    feeds = [{s.get_inputs()[0].name: x} for s in sessions]
-    fns = {path: (lambda s=s, feed=feed: s.run(None, feed)) for path, s, feed in zip(paths, sessions, feeds)}
+    feeds = [{next(iter(runner.input_metadata())): x} for runner in runners]
+    fns = {path: (lambda r=runner, feed=feed: r.infer(feed)) for path, runner, feed in zip(paths, runners, feeds)}
     stats = time_interleaved(fns, warmup=1, iters=ROUNDS, block=calls, settle=1)
     return {path: value.p50_ms for path, value in stats.items()}
 

@@ -35,7 +35,8 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from ..deploy.runners import Backend
+from ..core.preprocess import square_side
+from ..deploy.runners import ENGINE_SUFFIXES, ONNX_SUFFIXES, OPENVINO_SUFFIXES, Backend, detect_backend
 from ..errors import BenchmarkResultError, ConfigError
 from ..utils.io import atomic_write_text
 from ..utils.threads import torch_threads
@@ -172,11 +173,7 @@ def _resolve_backend(backend: Backend | str, model: str) -> Backend:
     if str(getattr(backend, "value", backend)).lower() != "auto":
         return Backend.parse(backend)
     suffix = Path(model).suffix.lower()
-    if suffix in _ONNX_SUFFIXES:
-        return Backend.ORT
-    if suffix in _OPENVINO_SUFFIXES:
-        return Backend.OPENVINO
-    return Backend.TRT if suffix in _ENGINE_SUFFIXES else Backend.TORCH
+    return detect_backend(Path(model)) if suffix in _FILE_BACKENDS else Backend.TORCH
 
 
 def _default_name(model: str) -> str:
@@ -465,7 +462,7 @@ def _input_spec(runner: Any, config: BenchConfig, model_input_size: Any) -> tupl
     static = [dim for dim in shape[2:] if isinstance(dim, int)]
     if static and (len(static) != 2 or static[0] != static[1]):
         raise ConfigError(f"input {name!r} has shape {shape}; the benchmark uses square images")
-    size = config.img_size or (static[0] if static else None) or _square(model_input_size) or 640
+    size = config.img_size or (static[0] if static else None) or square_side(model_input_size) or 640
     if static and static[0] != size:
         raise ConfigError(f"the model's input is fixed at {static[0]}x{static[0]}; --img {size} does not fit it")
     for batch_size in config.batch_sizes:
@@ -475,13 +472,6 @@ def _input_spec(runner: Any, config: BenchConfig, model_input_size: Any) -> tupl
                 "(yolodeploy export --dynamic-batch) or an engine profile that covers it"
             )
     return name, np.dtype(meta.dtype), int(size)
-
-
-def _square(size: Any) -> int | None:
-    if not size:
-        return None
-    height, width = (size, size) if isinstance(size, int) else tuple(size)
-    return int(height) if height == width else int(max(height, width))
 
 
 def _random_batch(batch_size: int, img_size: int, dtype: np.dtype) -> np.ndarray:
@@ -508,14 +498,11 @@ def _runtime_info(runner: Any, input_name: str, dtype: np.dtype, img_size: int, 
 
 # --------------------------------------------------------------------------------------------------- models
 
-_ONNX_SUFFIXES = (".onnx",)
-_ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
-_OPENVINO_SUFFIXES = (".xml",)
-# Which backends run which model file: kind, accepted backends (the first is the one to suggest).
+# Which backends run which model file: kind, accepted backends (the first is the one ``auto`` picks and errors suggest).
 _FILE_BACKENDS = {
-    **dict.fromkeys(_ONNX_SUFFIXES, ("onnx", (Backend.ORT, Backend.OPENVINO))),
-    **dict.fromkeys(_ENGINE_SUFFIXES, ("engine", (Backend.TRT,))),
-    **dict.fromkeys(_OPENVINO_SUFFIXES, ("OpenVINO IR", (Backend.OPENVINO,))),
+    **dict.fromkeys(ONNX_SUFFIXES, ("onnx", (Backend.ORT, Backend.OPENVINO))),
+    **dict.fromkeys(ENGINE_SUFFIXES, ("engine", (Backend.TRT,))),
+    **dict.fromkeys(OPENVINO_SUFFIXES, ("OpenVINO IR", (Backend.OPENVINO,))),
 }
 _CHECKPOINT_SUFFIXES = (".pt", ".pth", ".safetensors")
 
@@ -545,7 +532,7 @@ def _open_runner(config: BenchConfig, stack: contextlib.ExitStack) -> tuple[Any,
     from ..deploy.export import export_onnx
 
     tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="yolodeploy-bench-")))
-    img_size = config.img_size or _square(getattr(model, "input_size", None)) or 640
+    img_size = config.img_size or square_side(getattr(model, "input_size", None)) or 640
     report = export_onnx(
         model,
         tmp / f"{_default_name(config.model)}.onnx",

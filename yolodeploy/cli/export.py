@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-import logging
-
 import click
 
 __all__ = ["COMMANDS"]
@@ -71,6 +68,7 @@ def export_command(
     --img than it was calibrated at, and checked against its fake-quant model within one quantization step on
     real images (--check-data; random noise has no detections to compare).
     """
+    from ..core.preprocess import square_side
     from ..deploy.export import export_onnx, load_model_source
     from ..deploy.nms import NMSConfig
     from ..errors import ConfigError
@@ -84,7 +82,7 @@ def export_command(
             raise ConfigError(f"{given}: not for a quantized checkpoint (its Q/DQ export is fp32 I/O, raw outputs)")
         if check_data is None and not no_check:
             raise ConfigError("a quantized checkpoint is checked on real images: pass --check-data DIR, or --no-check")
-        img = img_size or _square(getattr(model, "input_size", None)) or 640
+        img = img_size or square_side(getattr(model, "input_size", None)) or 640
         lines = export_quantized(model, output, img, dynamic_batch, opset, flavour or "ort", check_data=check_data)
         click.echo("\n".join(lines))
         return
@@ -115,41 +113,24 @@ def export_quantized(
 
     from ..errors import ExportError
     from ..quant.calibrate import calibration_batches, calibration_images
-    from ..quant.export import check_qdq_parity, count_qdq_nodes, export_qdq_onnx
+    from ..quant.export import build_qdq_graph, check_qdq_parity
     from ..utils.io import atomic_path
 
+    proto, report = build_qdq_graph(qmodel, img_size=img, dynamic_batch=dynamic_batch, opset=opset, flavour=flavour)
+    batch = "dynamic" if dynamic_batch else "static"
+    lines = [f"{output}: Q/DQ ONNX ({flavour} flavour), opset {opset}, {img}x{img}, {batch} batch, "
+             f"{report.qdq_nodes_final} Q/DQ"]  # fmt: skip
     with atomic_path(output) as tmp:
-        export_qdq_onnx(qmodel, tmp, img_size=img, dynamic_batch=dynamic_batch, opset=opset, flavour=flavour)
-        batch = "dynamic" if dynamic_batch else "static"
-        qdq = count_qdq_nodes(onnx.load(str(tmp)))
-        lines = [f"{output}: Q/DQ ONNX ({flavour} flavour), opset {opset}, {img}x{img}, {batch} batch, {qdq} Q/DQ"]
+        onnx.save(proto, str(tmp))
         if check_data is not None:
-            with _quiet_calibration_logger():  # 4 images are plenty for a parity check, no "too few" warning
-                paths = calibration_images(check_data, count=4)
+            # 4 images are plenty for a parity check: no "too few calibration images" warning
+            paths = calibration_images(check_data, count=4, min_recommended=0)
             batches = calibration_batches(paths, img, batch=2)
             parity = check_qdq_parity(qmodel, tmp, batches, flavour=flavour)
             if not parity.ok:
                 raise ExportError(f"file not written: {parity.summary()}")
             lines.append(f"  {parity.summary()}")
     return lines
-
-
-@contextlib.contextmanager
-def _quiet_calibration_logger():
-    logger = logging.getLogger("yolodeploy.quant.calibrate")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        logger.setLevel(level)
-
-
-def _square(size) -> int | None:
-    if not size:
-        return None
-    height, width = (size, size) if isinstance(size, int) else tuple(size)
-    return int(max(height, width))
 
 
 def _batch_list(value: str | None) -> list[int]:

@@ -22,9 +22,20 @@ import numpy as np
 
 from ..errors import ImageError
 
-__all__ = ["letterbox", "load_image", "to_tensor_batch", "scale_boxes_back", "IMAGE_SUFFIXES", "list_images"]
+__all__ = [
+    "letterbox", "load_image", "to_tensor_batch", "scale_boxes_back", "IMAGE_SUFFIXES", "list_images", "square_side"
+]  # fmt: skip
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+
+
+def square_side(size: int | Sequence[int] | None) -> int | None:
+    """The side of the square letterbox for a model's ``input_size`` (an int or (H, W)): the larger side; None
+    when the model does not say."""
+    if not size:
+        return None
+    height, width = (size, size) if isinstance(size, int) else tuple(size)
+    return int(max(height, width))
 
 
 def _check_image(image: np.ndarray) -> None:

@@ -71,7 +71,12 @@ MIN_RECOMMENDED_IMAGES = 32
 
 
 def calibration_images(
-    source: str | os.PathLike, *, split: str = "calib", count: int = 512, seed: int = 0
+    source: str | os.PathLike,
+    *,
+    split: str = "calib",
+    count: int = 512,
+    seed: int = 0,
+    min_recommended: int = MIN_RECOMMENDED_IMAGES,
 ) -> list[Path]:
     """A deterministic subset of ``count`` calibration images (all of them if there are fewer).
 
@@ -80,6 +85,7 @@ def calibration_images(
         split: the dataset split to use when ``source`` is a dataset root.
         count: how many images to draw (a seeded sample of the sorted list, returned sorted).
         seed: the sampling seed.
+        min_recommended: warn when fewer images than this are returned (0: never, e.g. for a parity check).
 
     Raises:
         ConfigError: ``count < 1``. CalibrationError: no image found (the message names the folders tried).
@@ -106,8 +112,8 @@ def calibration_images(
         )
     if len(paths) > count:
         paths = sorted(random.Random(seed).sample(paths, count))
-    if len(paths) < MIN_RECOMMENDED_IMAGES:
-        logger.warning("only %d calibration images (>= %d recommended)", len(paths), MIN_RECOMMENDED_IMAGES)
+    if len(paths) < min_recommended:
+        logger.warning("only %d calibration images (>= %d recommended)", len(paths), min_recommended)
     return [Path(p) for p in paths]
 
 

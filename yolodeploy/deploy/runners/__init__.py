@@ -35,6 +35,10 @@ __all__ = [
     "OpenVINORunner",
     "create_runner",
     "detect_backend",
+    "ONNX_SUFFIXES",
+    "ENGINE_SUFFIXES",
+    "OPENVINO_SUFFIXES",
+    "CHECKPOINT_SUFFIXES",
 ]
 
 ONNX_SUFFIXES = (".onnx",)
