@@ -43,6 +43,7 @@ import numpy as np
 
 from ..errors import BackendUnavailableError, ConfigError, EngineError, EngineMismatchError
 from ..utils.io import atomic_path, file_sha256
+from ..utils.optional import import_optional
 from .runners.base import ShapeBounds, TensorMeta, format_shape
 
 __all__ = [
@@ -80,11 +81,8 @@ SIDECAR_VERSION = 1
 # ---------------------------------------------------------------------------------------------------------
 def import_tensorrt():
     """``import tensorrt`` or a one-line ``BackendUnavailableError`` saying how to install it."""
-    try:
-        import tensorrt
-    except (ImportError, OSError):  # absent, or its shared libraries (libnvinfer.so.*) are missing
-        raise BackendUnavailableError(TENSORRT_MISSING) from None
-    return tensorrt
+    # absent, or its shared libraries (libnvinfer.so.*) are missing (OSError)
+    return import_optional("tensorrt", TENSORRT_MISSING, catch=(ImportError, OSError))
 
 
 def require_cuda() -> None:

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from ...errors import BackendUnavailableError, ConfigError, OnnxModelError, RunnerError, first_line
+from ...utils.optional import import_optional, importable, version_of
 from .base import Runner, TensorMeta
 
 __all__ = ["OnnxRuntimeRunner", "is_available", "get_version", "import_onnxruntime", "resolve_providers"]
@@ -44,28 +45,18 @@ ProviderSpec = str | tuple[str, dict]
 
 def import_onnxruntime():
     """``import onnxruntime`` or a one-line ``BackendUnavailableError`` saying how to install it."""
-    try:
-        import onnxruntime
-    except ImportError as exc:
-        raise BackendUnavailableError(
-            f"ONNX Runtime is not importable ({exc}): pip install onnxruntime (or onnxruntime-gpu for the CUDA EP)"
-        ) from None
-    return onnxruntime
+    return import_optional(
+        "onnxruntime",
+        "ONNX Runtime is not importable ({error}): pip install onnxruntime (or onnxruntime-gpu for the CUDA EP)",
+    )
 
 
 def is_available() -> bool:
-    try:
-        import_onnxruntime()
-    except BackendUnavailableError:
-        return False
-    return True
+    return importable(import_onnxruntime)
 
 
 def get_version() -> str | None:
-    try:
-        return import_onnxruntime().__version__
-    except BackendUnavailableError:
-        return None
+    return version_of(import_onnxruntime)
 
 
 def resolve_providers(providers: Sequence[ProviderSpec] | None, available: Sequence[str]) -> list[ProviderSpec]:

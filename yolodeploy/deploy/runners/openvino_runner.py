@@ -23,7 +23,8 @@ from typing import Any
 
 import numpy as np
 
-from ...errors import BackendUnavailableError, ConfigError, OnnxModelError, RunnerError, first_line
+from ...errors import ConfigError, OnnxModelError, RunnerError, first_line
+from ...utils.optional import import_optional, importable, version_of
 from .base import Runner, TensorMeta
 
 __all__ = ["OpenVINORunner", "import_openvino", "is_available", "get_version", "PRECISIONS"]
@@ -35,28 +36,17 @@ MODEL_SUFFIXES = (".onnx", ".xml")
 
 def import_openvino():
     """``import openvino`` or a one-line ``BackendUnavailableError`` saying how to install it."""
-    try:
-        import openvino
-    except ImportError as exc:
-        raise BackendUnavailableError(
-            f"OpenVINO is not importable ({exc}): pip install 'yolodeploy[openvino]' (or pip install openvino)"
-        ) from None
-    return openvino
+    return import_optional(
+        "openvino", "OpenVINO is not importable ({error}): pip install 'yolodeploy[openvino]' (or pip install openvino)"
+    )
 
 
 def is_available() -> bool:
-    try:
-        import_openvino()
-    except BackendUnavailableError:
-        return False
-    return True
+    return importable(import_openvino)
 
 
 def get_version() -> str | None:
-    try:
-        return import_openvino().get_version()
-    except BackendUnavailableError:
-        return None
+    return version_of(import_openvino, lambda openvino: openvino.get_version())
 
 
 class OpenVINORunner(Runner):

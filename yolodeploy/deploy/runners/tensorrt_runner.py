@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from ...errors import BackendUnavailableError, EngineError, RunnerError
+from ...utils.optional import version_of
 from .. import tensorrt_build as _build  # a module reference: tensorrt_build imports this package too
 from .base import Runner, ShapeBounds, TensorMeta
 
@@ -38,10 +39,7 @@ def is_available() -> bool:
 
 
 def get_version() -> str | None:
-    try:
-        return _build.import_tensorrt().__version__
-    except BackendUnavailableError:
-        return None
+    return version_of(_build.import_tensorrt)
 
 
 class TensorRTRunner(Runner):
