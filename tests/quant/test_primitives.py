@@ -13,6 +13,7 @@ from yolodeploy.quant.primitives import (
     dequantize,
     fake_quantize,
     fake_quantize_scaled,
+    learnable_fake_quantize,
     quant_error_stats,
     quantize,
     symmetric_scale,
@@ -86,6 +87,24 @@ def test_fake_quantize_straight_through_gradient():
     x = torch.tensor([0.3, -0.9, 5.0, -5.0], requires_grad=True)
     fake_quantize(x, 1.27).sum().backward()
     assert x.grad.tolist() == [1.0, 1.0, 0.0, 0.0]
+
+
+@pytest.mark.parametrize(("axis", "unsigned"), [(None, False), (None, True), (1, False)])
+def test_learnable_fake_quantize_forward_equals_torch_op(axis, unsigned):
+    x = torch.randn(2, 3, 5, 5, generator=torch.Generator().manual_seed(0)) * 3
+    scale = torch.tensor(0.02) if axis is None else torch.tensor([0.01, 0.03, 0.05])
+    expected = fake_quantize_scaled(x, scale, axis, unsigned=unsigned)
+    torch.testing.assert_close(learnable_fake_quantize(x, scale, axis, unsigned=unsigned), expected, atol=1e-7, rtol=0)
+
+
+def test_learnable_fake_quantize_lsq_gradients_hand_values():
+    # scale 0.1, int8: 0.26 -> code 2.6 rounds to 3 (inside); 20.0 -> 200 clips to 127; -20.0 clips to -128
+    x = torch.tensor([0.26, 20.0, -20.0], requires_grad=True)
+    scale = torch.tensor(0.1, requires_grad=True)
+    learnable_fake_quantize(x, scale).sum().backward()
+    assert x.grad.tolist() == [1.0, 0.0, 0.0]  # straight through inside the range, zero where clipped
+    # d/ds: round(x/s) - x/s inside (3 - 2.6), the clipped code outside (127, -128)
+    assert float(scale.grad) == pytest.approx(0.4 + 127 - 128, abs=1e-4)
 
 
 def test_quant_error_stats_hand_values():

@@ -126,6 +126,22 @@ def test_run_qat_end_to_end(models, tiny_dataset, tmp_path, distill):
         torch.testing.assert_close(load_quantized(path)(images), result.model(images), atol=0, rtol=0)
 
 
+def test_run_qat_learn_amax_moves_the_ranges_and_saves_them(models, tiny_dataset, tmp_path):
+    teacher, qmodel = models
+    amax = {k: v.clone() for k, v in qmodel.state_dict().items() if k.endswith("amax") and v.numel()}
+    config = QATConfig(epochs=1, lr=1e-3, batch_size=4, img_size=64, distill="cwd", learn_amax=True, amax_lr=0.01)
+    result = run_qat(qmodel, teacher, tiny_dataset, config, progress=False)
+    state = result.model.state_dict()
+    assert not any(key.endswith("log_amax") for key in state)  # frozen back into the amax buffers
+    assert not any(p.requires_grad and p.dim() == 0 for p in result.model.parameters())
+    moved = [key for key, value in amax.items() if not torch.allclose(state[key], value, rtol=1e-4, atol=0)]
+    assert len(moved) >= 0.9 * len(amax)  # activation and weight ranges alike
+    path = save_quantized(result.model, tmp_path / "qat.safetensors", qat=config.to_dict())
+    images = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(load_quantized(path)(images), result.model(images), atol=0, rtol=0)
+
+
 def test_yolov9_family_mse_step(tiny_dataset):
     teacher, qmodel = _float_and_quantized("gelan_t")
     before = {k: v.clone() for k, v in qmodel.state_dict().items() if k.endswith("conv.weight")}

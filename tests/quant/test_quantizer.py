@@ -94,6 +94,30 @@ def test_amax_in_state_dict_and_loads_into_fresh_quantizers():
     assert torch.equal(target.weight_quantizer.amax, conv.weight_quantizer.amax)
 
 
+def test_learned_amax_trains_and_freezes_into_the_buffer():
+    x = torch.randn(64, 8, generator=torch.Generator().manual_seed(3))
+    quantizer = _calibrated(x)
+    calibrated = quantizer.amax.clone()
+    parameter = quantizer.learn_amax_()
+    assert quantizer.learns_amax and "learning amax" in repr(quantizer)
+    assert set(quantizer.state_dict()) == {"log_amax", "amax", "unsigned"}
+    torch.testing.assert_close(quantizer(x), fake_quantize(x, calibrated), atol=1e-6, rtol=0)  # same forward
+    optimizer = torch.optim.Adam([parameter], lr=0.05)
+    for _ in range(20):  # shrink the error to a half-range target: the range must follow
+        loss = (quantizer(x) - x.clamp(-1, 1)).pow(2).mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    learned = float(parameter.detach().exp())
+    assert learned < float(calibrated)
+    quantizer.freeze_amax_()
+    assert not quantizer.learns_amax and list(quantizer.state_dict()) == ["amax", "unsigned"]
+    assert float(quantizer.amax) == pytest.approx(learned)
+    quantizer.freeze_amax_()  # no-op
+    with pytest.raises(ConfigError, match="uncalibrated"):
+        TensorQuantizer().learn_amax_()
+
+
 def test_non_negative_data_makes_an_unsigned_quantizer():
     x = torch.rand(1000, generator=torch.Generator().manual_seed(5)) * 2  # 0 <= x < 2, like a ReLU output
     quantizer = _calibrated(x)

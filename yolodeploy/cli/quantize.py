@@ -26,7 +26,7 @@ __all__ = ["COMMANDS"]
 
 #: QAT options of the CLI -> QATConfig fields (None when not given: QATConfig's default applies).
 _QAT_FIELDS = {"epochs": "epochs", "distill": "distill", "qat_lr": "lr", "qat_batch": "batch_size",
-               "train_split": "train_split"}  # fmt: skip
+               "train_split": "train_split", "learn_amax": "learn_amax", "amax_lr": "amax_lr"}  # fmt: skip
 
 
 @click.command("quantize")
@@ -61,6 +61,9 @@ _QAT_FIELDS = {"epochs": "epochs", "distill": "distill", "qat_lr": "lr", "qat_ba
 @click.option("--qat-lr", type=float, default=None, help="QAT learning rate (cosine, no warm-up) [default: 1e-5].")
 @click.option("--qat-batch", type=int, default=None, help="QAT images per step [default: 8].")
 @click.option("--train-split", default=None, help="QAT training split [default: train].")
+@click.option("--learn-amax", is_flag=True, default=None, help="QAT trains the quantization ranges too (LSQ, Adam "
+              "on log amax) [default: ranges fixed at calibration].")  # fmt: skip
+@click.option("--amax-lr", type=float, default=None, help="Adam lr of --learn-amax (cosine) [default: 1e-3].")
 @click.option("--qat-val-images", type=int, default=None, help="Val images of the per-epoch fake-quant AP that "
               "picks the best QAT epoch; 0: keep the last epoch [default: the --val-images subset].")  # fmt: skip
 @click.option("--json", "json_path", type=click.Path(dir_okay=False),

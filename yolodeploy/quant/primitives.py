@@ -21,6 +21,7 @@ __all__ = [
     "MIN_SCALE",
     "qrange",
     "unsigned_qrange",
+    "learnable_fake_quantize",
     "symmetric_scale",
     "quantize",
     "dequantize",
@@ -120,6 +121,23 @@ def fake_quantize_scaled(
         return torch.fake_quantize_per_tensor_affine(x, scale, zero_point, quant_min, quant_max)
     zero_point = torch.zeros(scale.shape, dtype=torch.int32, device=x.device)
     return torch.fake_quantize_per_channel_affine(x, scale, zero_point, axis, quant_min, quant_max)
+
+
+def learnable_fake_quantize(
+    x: Tensor, scale: Tensor, axis: int | None = None, num_bits: int = 8, unsigned: bool = False
+) -> Tensor:
+    """:func:`fake_quantize_scaled` whose gradient also reaches ``scale`` (LSQ, Esser et al. 2020, arXiv:1902.08153).
+
+    Same forward values (round half to even, clamp to the integer range). Backward: straight-through for ``x``
+    inside the range and zero where clipped; for ``scale``, ``round(x/s) - x/s`` inside the range and the clipped
+    code (``quant_min`` or ``quant_max``) outside it. Plain torch ops, used only in training: export goes through
+    :func:`fake_quantize_scaled` once the range is frozen again.
+    """
+    quant_min, quant_max = unsigned_qrange(num_bits) if unsigned else qrange(num_bits)
+    scale = _broadcast(scale, x, axis)
+    code = torch.clamp(x / scale, quant_min, quant_max)
+    code = code + (torch.round(code) - code).detach()  # straight-through rounding
+    return code * scale
 
 
 def quant_error_stats(ref: Tensor, test: Tensor) -> dict[str, float]:

@@ -14,9 +14,13 @@ are what trains and there are no BN statistics to care about), the teacher is th
   (it is the only loss).
 * ``none``: detection loss only.
 
-What is fixed during QAT: every quantizer's ``amax`` (activation and weight ranges stay those of calibration:
-they are buffers, not parameters; a learnable range as in LSQ is not implemented). Gradients reach the conv
-weights through the fake-quant ops' straight-through estimator (zero for values clipped by the range). Which
+What is fixed during QAT, by default: every quantizer's ``amax`` (activation and weight ranges stay those of
+calibration, as in the official recipe). With ``learn_amax`` the ranges train too (LSQ, Esser et al. 2020): every
+enabled quantizer gets a ``log_amax`` parameter (:meth:`~yolodeploy.quant.quantizer.TensorQuantizer.learn_amax_`)
+stepped by its own Adam at ``amax_lr`` (Adam: the range gradients sum over whole tensors and differ by orders of
+magnitude between layers, which a per-parameter step size absorbs), and the learned values are written back to
+``amax`` at the end. Gradients reach the conv weights through the straight-through estimator (zero for values
+clipped by the range). Which
 layers fake-quantize is left as the caller set it (``calibrate`` enables all; a layer turned off with
 ``set_layer_enabled`` or kept float by ``quantize_model(exclude=...)`` trains in float).
 
@@ -53,7 +57,7 @@ from ..train.distill import _kl_rows, channel_wise_distillation, distillation_we
 from ..train.optim import cosine_factor
 from ..utils.choices import Choice
 from .model import quant_layers
-from .quantizer import QuantState
+from .quantizer import QuantState, TensorQuantizer
 
 __all__ = ["DistillMethod", "QATConfig", "QATResult", "QATLoss", "run_qat", "light_augment"]
 
@@ -97,7 +101,9 @@ class QATConfig:
         train_split: the dataset split to train on when a dataset root is given.
         seed: seed of the data order and augmentation.
         workers: DataLoader worker processes.
-        grad_clip: max gradient norm (0 = off).
+        grad_clip: max gradient norm of the weights (0 = off).
+        learn_amax: train the quantization ranges too (LSQ; see the module docstring).
+        amax_lr: initial Adam learning rate of the log ranges (cosine-decayed like ``lr``).
     """
 
     epochs: int = 10
@@ -120,6 +126,8 @@ class QATConfig:
     seed: int = 0
     workers: int = 0
     grad_clip: float = 10.0
+    learn_amax: bool = False
+    amax_lr: float = 1e-3
     version: int = QAT_CONFIG_VERSION
 
     def __post_init__(self) -> None:
@@ -127,7 +135,7 @@ class QATConfig:
         for name in ("epochs", "batch_size", "img_size"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"QATConfig.{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("lr", "temperature", "cwd_tau"):
+        for name in ("lr", "temperature", "cwd_tau", "amax_lr"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"QATConfig.{name} must be > 0, got {getattr(self, name)}")
         negative = [f.name for f in fields(self) if f.name.endswith("weight") and getattr(self, f.name) < 0]
@@ -334,11 +342,33 @@ def _loader(dataset, config: QATConfig, epoch: int):
     )
 
 
-def _optimizer(model: nn.Module, config: QATConfig) -> torch.optim.SGD:
+def _range_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """Make the range of every enabled quantizer trainable; their ``log_amax`` parameters."""
+    enabled = [m for m in model.modules() if isinstance(m, TensorQuantizer) and m.state is QuantState.ENABLED]
+    return [quantizer.learn_amax_() for quantizer in enabled]
+
+
+def _freeze_ranges(model: nn.Module) -> None:
+    for module in model.modules():
+        if isinstance(module, TensorQuantizer):
+            module.freeze_amax_()
+
+
+def _optimizers(model: nn.Module, config: QATConfig) -> list[tuple[torch.optim.Optimizer, float]]:
+    """``[(optimizer, initial lr)]``: Nesterov SGD of the weights, and Adam of the log ranges with ``learn_amax``."""
     from ..train.optim import param_groups
 
-    groups = [group for group in param_groups(model, config.weight_decay) if group["params"]]
-    return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, nesterov=True)
+    ranges = _range_parameters(model) if config.learn_amax else []
+    skip = {id(p) for p in ranges}
+    groups = [
+        {**group, "params": [p for p in group["params"] if id(p) not in skip]}
+        for group in param_groups(model, config.weight_decay)
+    ]
+    groups = [group for group in groups if group["params"]]
+    optimizers = [(torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, nesterov=True), config.lr)]
+    if ranges:
+        optimizers.append((torch.optim.Adam(ranges, lr=config.amax_lr), config.amax_lr))
+    return optimizers
 
 
 def _set_train_mode(model: nn.Module) -> None:
@@ -349,20 +379,23 @@ def _set_train_mode(model: nn.Module) -> None:
             module.eval()
 
 
-def _train_epoch(model, teacher, loss_fn: QATLoss, optimizer, loader, config: QATConfig, epoch: int, bar):
+def _train_epoch(model, teacher, loss_fn: QATLoss, optimizers, loader, config: QATConfig, epoch: int, bar):
     sums: dict[str, float] = {}
     steps = 0
+    weights = [p for group in optimizers[0].param_groups for p in group["params"]]
     _set_train_mode(model)
     with capture_head_inputs(model) as neck, capture_head_inputs(teacher) as teacher_neck:
         for images, targets in bar(loader):
             output = model(images)
             teacher_output = teacher_forward(teacher, images) if config.distill is not DistillMethod.NONE else None
             loss, parts = loss_fn(model, output, teacher_output, list(neck), list(teacher_neck), targets, epoch)
-            optimizer.zero_grad(set_to_none=True)
+            for optimizer in optimizers:
+                optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if config.grad_clip:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm=config.grad_clip)
-            optimizer.step()
+                torch.nn.utils.clip_grad_norm_(weights, max_norm=config.grad_clip)
+            for optimizer in optimizers:
+                optimizer.step()
             for name, value in {"loss": loss.detach(), **parts}.items():
                 sums[name] = sums.get(name, 0.0) + float(value)
             steps += 1
@@ -390,7 +423,8 @@ def run_qat(
         progress: show a per-epoch progress bar and print a line per epoch.
 
     Returns:
-        A :class:`QATResult`; ``result.model`` is ``qmodel`` (eval mode) holding the chosen weights, amax unchanged.
+        A :class:`QATResult`; ``result.model`` is ``qmodel`` (eval mode) holding the chosen weights; amax unchanged,
+        or the chosen epoch's learned ranges with ``config.learn_amax``.
 
     Raises:
         ConfigError: an uncalibrated / unquantized student, or a recipe the model does not support.
@@ -406,19 +440,20 @@ def run_qat(
     if len(dataset) == 0:
         raise ConfigError("the QAT training set is empty")
     torch.manual_seed(config.seed)
-    optimizer = _optimizer(qmodel, config)
+    optimizers = _optimizers(qmodel, config)
     history: list[dict[str, Any]] = []
     best_ap, best_epoch, best_state = None, config.epochs, None
     for epoch in range(config.epochs):
-        lr = config.lr * cosine_factor(epoch, config.epochs, config.lrf)  # per epoch, no warm-up
-        for group in optimizer.param_groups:
-            group["lr"] = lr
+        factor = cosine_factor(epoch, config.epochs, config.lrf)  # per epoch, no warm-up
+        for optimizer, initial_lr in optimizers:
+            for group in optimizer.param_groups:
+                group["lr"] = initial_lr * factor
+        lr = config.lr * factor
         tick = time.perf_counter()
         bar = _progress_bar(progress, f"qat {epoch + 1}/{config.epochs}")
-        record = {
-            "epoch": epoch + 1,
-            **_train_epoch(qmodel, teacher, loss_fn, optimizer, _loader(dataset, config, epoch), config, epoch, bar),
-        }
+        loader = _loader(dataset, config, epoch)
+        stats = _train_epoch(qmodel, teacher, loss_fn, [o for o, _ in optimizers], loader, config, epoch, bar)
+        record = {"epoch": epoch + 1, **stats}
         record |= {"lr": lr, "seconds": round(time.perf_counter() - tick, 2)}
         if eval_fn is not None:
             ap = float(eval_fn(qmodel.eval()))
@@ -431,6 +466,7 @@ def run_qat(
             print(f"qat epoch {epoch + 1}/{config.epochs}: {shown}", flush=True)
     if best_state is not None:
         qmodel.load_state_dict(best_state)
+    _freeze_ranges(qmodel)
     return QATResult(history=history, best_ap=best_ap, model=qmodel.eval(), best_epoch=best_epoch)
 
 

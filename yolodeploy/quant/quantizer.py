@@ -40,7 +40,7 @@ from torch import Tensor, nn
 
 from ..errors import ConfigError
 from .calibrators import CalibMethod, Histogram, compute_amax, per_channel_amax
-from .primitives import MIN_SCALE, fake_quantize_scaled, qrange
+from .primitives import MIN_SCALE, fake_quantize_scaled, learnable_fake_quantize, qrange
 
 __all__ = ["QuantState", "TensorQuantizer", "QuantConv2d", "QuantSiLU", "SIGMOID_SCALE"]
 
@@ -196,6 +196,33 @@ class TensorQuantizer(nn.Module):
         else:
             self.set_amax_(per_channel_amax(weight, self.axis))
 
+    @property
+    def learns_amax(self) -> bool:
+        """Whether the range is trainable now (between :meth:`learn_amax_` and :meth:`freeze_amax_`)."""
+        return "log_amax" in self._parameters
+
+    def learn_amax_(self) -> nn.Parameter:
+        """Make the range trainable (LSQ): a ``log_amax`` parameter that ``forward`` uses instead of ``amax``.
+
+        The parameter is the log of the range, so an optimizer step changes it by a relative amount whatever the
+        tensor's magnitude, and it stays positive. ``amax`` keeps the calibrated value until :meth:`freeze_amax_`.
+
+        Raises:
+            ConfigError: the quantizer has no amax yet.
+        """
+        if not self.is_calibrated:
+            raise ConfigError("cannot learn the range of an uncalibrated quantizer: calibrate it first")
+        if not self.learns_amax:
+            self.log_amax = nn.Parameter(self.amax.detach().clone().log())
+        return self.log_amax
+
+    def freeze_amax_(self) -> None:
+        """Store the learned range in ``amax`` and drop the parameter (no-op when not learning)."""
+        if self.learns_amax:
+            with torch.no_grad():
+                amax = self._parameters.pop("log_amax").exp()
+            self.set_amax_(amax)
+
     def _collect(self, x: Tensor) -> None:
         """Record the statistics of one calibration input."""
         if self.axis is None:
@@ -208,6 +235,9 @@ class TensorQuantizer(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         if self.state is QuantState.ENABLED:
+            if self.learns_amax:
+                scale = self.log_amax.exp() / self.quant_max
+                return learnable_fake_quantize(x, scale, self.axis, self.num_bits, self.is_unsigned)
             return fake_quantize_scaled(x, self.amax / self.quant_max, self.axis, self.num_bits, self.is_unsigned)
         if self.state is QuantState.CALIBRATING:
             self._collect(x)
@@ -226,7 +256,8 @@ class TensorQuantizer(nn.Module):
         granularity = "per_tensor" if self.axis is None else f"per_channel(axis={self.axis})"
         amax = "uncalibrated" if not self.is_calibrated else f"amax_shape={tuple(self.amax.shape)}"
         sign = ", unsigned" if self.is_unsigned else ""
-        return f"{granularity}, num_bits={self.num_bits}{sign}, state={self.state.value}, {amax}"
+        learned = ", learning amax" if self.learns_amax else ""
+        return f"{granularity}, num_bits={self.num_bits}{sign}, state={self.state.value}, {amax}{learned}"
 
 
 class QuantConv2d(nn.Module):
