@@ -50,6 +50,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from quant_peers import NNCF_SETTINGS, ORT_SETTINGS, PEERS  # noqa: E402  (this folder's module)
 
 from yolodeploy.utils.io import atomic_write_text  # noqa: E402
+from yolodeploy.utils.markdown import markdown_table  # noqa: E402
 
 OURS = ("ptq", "ptq_top6", "qat", "qat_partial")
 REPORT_ROW = {"qat_partial": "qat"}  # the row (and file role) name in that run's own quant_report.json
@@ -287,7 +288,7 @@ def markdown(record: dict[str, Any]) -> str:
     """The side-by-side table, the per-model commands and the settings, as markdown."""
     sizes = record["batch_sizes"]
     header = ["model", "AP", "AP50"] + [f"bs{bs} ms (×FP32)" for bs in sizes] + ["quantize s"]
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
+    table = []
     for key, row in record["rows"].items():
         cells = [LABELS.get(key, key), _cell(row.get("ap"), 4), _cell(row.get("ap50"), 4)]
         for bs in sizes:
@@ -296,13 +297,14 @@ def markdown(record: dict[str, Any]) -> str:
         cells.append(_cell(row.get("quantize_seconds"), 1))
         if "error" in row:
             cells[1] = f"error: {row['error'][:80]}"
-        lines.append("| " + " | ".join(cells) + " |")
+        table.append(cells)
     env = record["environment"]
-    lines += ["", f"ONNX Runtime {env.get('onnxruntime')} CPU EP, intra_op_num_threads={record['threads']}, "
-              f"{record['iters']} interleaved rounds of a {PAUSE_S * 1e3:.0f} ms pause, 1 untimed and "
-              f"{record.get('block', 1)} timed calls per model after {record['warmup']} warm-ups, median; "
-              f"{env.get('cpu')}, {env.get('cpu_count')} CPUs; val split {record['val_images']} images; "
-              f"{record['calib_images']} calibration images for every INT8 model.", "", "Commands:", ""]  # fmt: skip
+    lines = [markdown_table(header, table), "",
+             f"ONNX Runtime {env.get('onnxruntime')} CPU EP, intra_op_num_threads={record['threads']}, "
+             f"{record['iters']} interleaved rounds of a {PAUSE_S * 1e3:.0f} ms pause, 1 untimed and "
+             f"{record.get('block', 1)} timed calls per model after {record['warmup']} warm-ups, median; "
+             f"{env.get('cpu')}, {env.get('cpu_count')} CPUs; val split {record['val_images']} images; "
+             f"{record['calib_images']} calibration images for every INT8 model.", "", "Commands:", ""]  # fmt: skip
     lines += [f"- `{key}`: `{row.get('command')}`" for key, row in record["rows"].items()]
     if record.get("openvino"):
         lines += ["", *openvino_markdown(record["openvino"], sizes, record["environment"])]
@@ -312,16 +314,16 @@ def markdown(record: dict[str, Any]) -> str:
 def openvino_markdown(rows: dict[str, dict], sizes: list[str], env: dict[str, Any]) -> list[str]:
     """The ``--openvino`` table: the same files on OpenVINO, timed in the same interleaved rounds."""
     header = ["model"] + [f"bs{bs} ms (×ORT FP32, ×OpenVINO FP32)" for bs in sizes]
-    lines = [f"Same files on OpenVINO {env.get('openvino', '')} (CPU, f32 hint, same threads), in the same rounds:",
-             "", "| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * len(sizes)) + "|"]  # fmt: skip
+    table = []
     for key, row in rows.items():
         cells = [LABELS.get(key, key)]
         for bs in sizes:
             ms = row["latency_ms"].get(bs)
             ort_x, ov_x = row["speedup_vs_ort_fp32"].get(bs), row["speedup_vs_openvino_fp32"].get(bs)
             cells.append(f"{_cell(ms, 2)} ({_cell(ort_x, 2, '×')}, {_cell(ov_x, 2, '×')})" if ms is not None else "—")
-        lines.append("| " + " | ".join(cells) + " |")
-    return lines
+        table.append(cells)
+    title = f"Same files on OpenVINO {env.get('openvino', '')} (CPU, f32 hint, same threads), in the same rounds:"
+    return [title, "", markdown_table(header, table)]
 
 
 def write_results(record: dict[str, Any], json_path: Path) -> Path:

@@ -30,6 +30,7 @@ from typing import Any
 
 from ..errors import ConfigError
 from ..utils.io import atomic_write_text
+from ..utils.markdown import markdown_table
 
 __all__ = [
     "REPORT_STEM", "NOT_MEASURED", "RECORD_FIELDS", "row_label", "report_table", "greedy_table", "write_report",
@@ -75,12 +76,6 @@ def _rows(results: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return rows
 
 
-def _markdown(header: list[str], aligns: list[str], rows: list[list[str]]) -> str:
-    """A markdown table; ``aligns`` holds one ``---`` (left) or ``---:`` (right) per column."""
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(aligns) + "|"]
-    return "\n".join(lines + ["| " + " | ".join(cells) + " |" for cells in rows])
-
-
 def report_table(results: dict[str, Any]) -> str:
     """The markdown table of ``results["rows"]``: AP, AP50, and per batch size p50 latency and speed-up vs FP32."""
     rows = _rows(results)
@@ -99,7 +94,7 @@ def report_table(results: dict[str, Any]) -> str:
             speedup = ref / ms if isinstance(ms, (int, float)) and isinstance(ref, (int, float)) and ms > 0 else None
             cells += [_number(ms, 2), f"{speedup:.2f}×" if speedup is not None else NOT_MEASURED]
         table.append(cells)
-    return _markdown(header, ["---"] + ["---:"] * (len(header) - 1), table)
+    return markdown_table(header, table)
 
 
 def greedy_table(greedy: list[dict[str, Any]]) -> str:
@@ -120,7 +115,7 @@ def greedy_table(greedy: list[dict[str, Any]]) -> str:
                 f"{cost:+.2f}" if cost is not None else NOT_MEASURED,
             ]
         table.append(cells)
-    return _markdown(header, ["---:", "---"] + ["---:"] * (len(header) - 2), table)
+    return markdown_table(header, table, ["---:", "---"] + ["---:"] * (len(header) - 2))
 
 
 def write_report(results: dict[str, Any], out_dir: str | os.PathLike) -> tuple[Path, Path]:
