@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import assert_one_line_error, run_cli
+from safetensors.torch import load_file
 
 from yolodeploy.errors import ConfigError
 from yolodeploy.models.checkpoint import load_checkpoint, read_metadata
@@ -85,11 +86,17 @@ def test_qat_checkpoint_round_trips_with_ptq_amax(qat_cli):
 def test_partial_qat_keeps_float_layers_and_label_free_recipe(tiny_checkpoint, tiny_dataset, tmp_path):
     result = run_cli(
         "quantize", tiny_checkpoint, "--data", tiny_dataset, "--qat", *_TINY, "--sensitive-topk", 1, "--partial",
-        "--distill", "mse", "--qat-val-images", 0, "-o", tmp_path,
+        "--distill", "mse", "--qat-val-images", 0, "--learn-amax", "--amax-lr", 0.01, "-o", tmp_path,
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     report = json.loads((tmp_path / "quant_report.json").read_text())
     assert list(report["rows"]) == ["fp32", "ptq", "ptq_top1", "qat"]
+    assert report["qat"]["config"]["learn_amax"] and report["qat"]["config"]["amax_lr"] == 0.01
+    start, trained = (load_file(tmp_path / f"{stem}.safetensors") for stem in ("int8_top1", "qat"))
+    ranges = [key for key in start if key.endswith("amax") and start[key].numel()]
+    float_layer = report["float_layers"][0]
+    moved = {key for key in ranges if not torch.equal(start[key], trained[key])}
+    assert moved and not any(key.startswith(float_layer + ".") for key in moved)  # learned where quantized only
     qat = report["qat"]
     assert qat["start"] == "ptq_top1" and len(qat["float_layers"]) == 1
     assert qat["float_layers"] == report["float_layers"]
