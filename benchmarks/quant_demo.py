@@ -1,15 +1,15 @@
 """Our INT8 pipeline side by side with ONNX Runtime's ``quantize_static`` and NNCF on the demo model (issue 6).
 
 Usage:
-    python benchmarks/quant_demo.py [--out runs/quant_bench] [--calib-images 250] [--qat-epochs 6] [--iters 20]
+    python benchmarks/quant_demo.py [--out runs/quant_bench] [--calib-images 250] [--qat-epochs 10] [--iters 20]
         [--skip-ours] [--skip-peers] [--from ptq=runs/quant_demo] [--json benchmarks/results/quant_demo.json]
 
 Steps:
 
 1. **Ours**, as subprocesses with the exact argv recorded: ``yolodeploy quantize MODEL --data D --ptq --img 224
    --calib-images N -o OUT/<key>`` for ``ptq``, the same with ``--sensitive-topk 6`` for ``ptq_top6``, and
-   ``--qat --epochs E --qat-lr LR`` for ``qat`` (every layer quantized), ``--sensitive-topk 6 --qat --partial``
-   for ``qat_partial`` (QAT of the partial model: the paper's v1.0 "partial QAT", Table 16). Each run's
+   ``--qat --epochs E --qat-lr LR --learn-amax`` for ``qat`` (every layer quantized), ``--sensitive-topk 6 --qat
+   --partial`` for ``qat_partial`` (QAT of the partial model: the paper's v1.0 "partial QAT", Table 16). Each run's
    ``quant_report.json`` names the files it wrote. ``--skip-ours`` reuses ``OUT/<key>``; ``--from KEY=DIR``
    reuses any earlier run folder for one key.
 2. **Peers** on the FP32 ONNX file of our plain-PTQ run (``fp32.onnx``) with the very images our calibration used
@@ -78,9 +78,9 @@ def yolodeploy_exe() -> list[str]:
     return [str(script)] if script.exists() else [sys.executable, "-c", "from yolodeploy.cli.main import main; main()"]
 
 
-def qat_flags(epochs: int, lr: float) -> list[str]:
+def qat_flags(epochs: int, lr: float, learn_amax: bool = False) -> list[str]:
     """The QAT options of ``yolodeploy quantize`` (QAT starts from the plain PTQ calibration)."""
-    return ["--qat", "--epochs", str(epochs), "--qat-lr", str(lr)]
+    return ["--qat", "--epochs", str(epochs), "--qat-lr", str(lr), *(["--learn-amax"] if learn_amax else [])]
 
 
 def our_commands(args: argparse.Namespace, qat: list[str]) -> dict[str, list[str]]:
@@ -323,7 +323,7 @@ def openvino_markdown(rows: dict[str, dict], sizes: list[str], env: dict[str, An
             cells.append(f"{_cell(ms, 2)} ({_cell(ort_x, 2, '×')}, {_cell(ov_x, 2, '×')})" if ms is not None else "—")
         table.append(cells)
     title = f"Same files on OpenVINO {env.get('openvino', '')} (CPU, f32 hint, same threads), in the same rounds:"
-    return [title, "", markdown_table(header, table)]
+    return [title, "", *markdown_table(header, table).splitlines()]
 
 
 def write_results(record: dict[str, Any], json_path: Path) -> Path:
@@ -346,8 +346,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--calib-images", type=int, default=250)
     parser.add_argument("--heldout-images", type=int, default=8, help="must match yolodeploy quantize's default")
     parser.add_argument("--topk", type=int, default=6, help="--sensitive-topk of the partial PTQ row")
-    parser.add_argument("--qat-epochs", type=int, default=6)
+    parser.add_argument("--qat-epochs", type=int, default=10)
     parser.add_argument("--qat-lr", type=float, default=5e-5)
+    parser.add_argument("--learn-amax", action=argparse.BooleanOptionalAction, default=True,
+                        help="QAT also trains the quantization ranges (yolodeploy quantize --learn-amax)")  # fmt: skip
     parser.add_argument("--out", default="runs/quant_bench", help="folder for our runs (OUT/<key>) and OUT/peers")
     parser.add_argument("--skip-ours", action="store_true", help="reuse OUT/<key> instead of running our pipeline")
     parser.add_argument("--skip-peers", action="store_true", help="reuse OUT/peers/<peer>.onnx when present")
@@ -371,7 +373,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def collect_ours(args: argparse.Namespace) -> dict[str, dict]:
     """Run (or reuse) our four pipelines."""
-    commands = our_commands(args, qat_flags(args.qat_epochs, args.qat_lr))
+    commands = our_commands(args, qat_flags(args.qat_epochs, args.qat_lr, args.learn_amax))
     rows = {}
     for key, argv in commands.items():
         folder = Path(args.reuse.get(key, Path(args.out) / key))

@@ -15,9 +15,10 @@ def quant_demo():
 
 def test_our_commands_cover_every_row(quant_demo):
     args = quant_demo.parse_args(["--out", "o", "--topk", "2", "--qat-epochs", "3", "--qat-lr", "1e-4"])
-    commands = quant_demo.our_commands(args, quant_demo.qat_flags(args.qat_epochs, args.qat_lr))
+    commands = quant_demo.our_commands(args, quant_demo.qat_flags(args.qat_epochs, args.qat_lr, args.learn_amax))
     assert list(commands) == list(quant_demo.OURS)
-    assert commands["qat"][-7:] == ["--qat", "--epochs", "3", "--qat-lr", "0.0001", "-o", "o/qat"]
+    assert commands["qat"][-8:] == ["--qat", "--epochs", "3", "--qat-lr", "0.0001", "--learn-amax", "-o", "o/qat"]
+    assert "--learn-amax" not in quant_demo.qat_flags(3, 1e-4, quant_demo.parse_args(["--no-learn-amax"]).learn_amax)
     partial = commands["qat_partial"]
     assert partial[partial.index("--sensitive-topk") + 1] == "2" and "--partial" in partial
     assert "--partial" not in commands["qat"] and "--sensitive-topk" not in commands["qat"]
