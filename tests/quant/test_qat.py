@@ -13,8 +13,18 @@ from yolodeploy.core.reparam import reparameterize_model
 from yolodeploy.errors import ConfigError
 from yolodeploy.models import create_model
 from yolodeploy.quant.calibrate import calibrate
+from yolodeploy.quant.export import build_qdq_graph
 from yolodeploy.quant.model import disable_all, enable_all, load_quantized, quant_layers, quantize_model, save_quantized
-from yolodeploy.quant.qat import DistillMethod, QATConfig, QATLoss, _train_dataset, capture_head_inputs, run_qat
+from yolodeploy.quant.qat import (
+    DistillMethod,
+    QATConfig,
+    QATLoss,
+    _train_dataset,
+    capture_head_inputs,
+    run_qat,
+    same_input_groups,
+)
+from yolodeploy.quant.quantizer import TensorQuantizer
 from yolodeploy.train.distill import teacher_forward
 
 pytestmark = pytest.mark.usefixtures("single_thread_torch")
@@ -129,6 +139,7 @@ def test_run_qat_end_to_end(models, tiny_dataset, tmp_path, distill):
 def test_run_qat_learn_amax_moves_the_ranges_and_saves_them(models, tiny_dataset, tmp_path):
     teacher, qmodel = models
     amax = {k: v.clone() for k, v in qmodel.state_dict().items() if k.endswith("amax") and v.numel()}
+    ptq_ops = build_qdq_graph(qmodel, img_size=64, flavour="ort")[1].ort_ops
     config = QATConfig(epochs=1, lr=1e-3, batch_size=4, img_size=64, distill="cwd", learn_amax=True, amax_lr=0.01)
     result = run_qat(qmodel, teacher, tiny_dataset, config, progress=False)
     state = result.model.state_dict()
@@ -140,6 +151,11 @@ def test_run_qat_learn_amax_moves_the_ranges_and_saves_them(models, tiny_dataset
     images = torch.rand(2, 3, 64, 64)
     with torch.no_grad():
         torch.testing.assert_close(load_quantized(path)(images), result.model(images), atol=0, rtol=0)
+    # quantizers of one tensor learned one range: the export still merges them, ORT fuses as many int8 convs
+    quantizers = [m for m in result.model.modules() if isinstance(m, TensorQuantizer) and m.axis is None]
+    shared = [g for g in same_input_groups(result.model, [q for q in quantizers if q.is_calibrated]) if len(g) > 1]
+    assert shared and all(torch.equal(g[0].amax, q.amax) for g in shared for q in g)
+    assert build_qdq_graph(result.model, img_size=64, flavour="ort")[1].ort_ops == ptq_ops
 
 
 def test_yolov9_family_mse_step(tiny_dataset):

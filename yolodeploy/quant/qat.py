@@ -342,10 +342,55 @@ def _loader(dataset, config: QATConfig, epoch: int):
     )
 
 
+def same_input_groups(model: nn.Module, quantizers: list[TensorQuantizer], img_size: int = 64) -> list[list]:
+    """``quantizers`` grouped by the tensor they read: equal inputs in one traced forward of a random image.
+
+    Calibration gives quantizers that read one tensor (the convs of two branches reading one ReLU output) the same
+    amax, since they see the same data; the Q/DQ export relies on it to merge them into one QuantizeLinear.
+    """
+    inputs: dict[int, Tensor] = {}
+
+    def hook(module: nn.Module, args: tuple, _output: Any) -> None:
+        inputs[id(module)] = args[0].detach()
+
+    handles = [quantizer.register_forward_hook(hook) for quantizer in quantizers]
+    was_training = model.training
+    try:
+        with torch.no_grad():
+            device = next(model.parameters()).device
+            model.eval()(torch.rand(1, 3, img_size, img_size, generator=torch.Generator().manual_seed(0)).to(device))
+    finally:
+        model.train(was_training)
+        for handle in handles:
+            handle.remove()
+    groups: list[list[TensorQuantizer]] = []
+    for quantizer in quantizers:
+        x = inputs.get(id(quantizer))
+        match = next((g for g in groups if x is not None and _same_tensor(inputs.get(id(g[0])), x)), None)
+        if match is None:
+            groups.append([quantizer])
+        else:
+            match.append(quantizer)
+    return groups
+
+
+def _same_tensor(a: Tensor | None, b: Tensor) -> bool:
+    return a is not None and a.shape == b.shape and bool(torch.equal(a, b))
+
+
 def _range_parameters(model: nn.Module) -> list[nn.Parameter]:
-    """Make the range of every enabled quantizer trainable; their ``log_amax`` parameters."""
+    """Make the range of every enabled quantizer trainable, one parameter per read tensor; the parameters."""
     enabled = [m for m in model.modules() if isinstance(m, TensorQuantizer) and m.state is QuantState.ENABLED]
-    return [quantizer.learn_amax_() for quantizer in enabled]
+    per_tensor = [quantizer for quantizer in enabled if quantizer.axis is None]
+    parameters = [quantizer.learn_amax_() for quantizer in enabled if quantizer.axis is not None]
+    for group in same_input_groups(model, per_tensor):
+        leader = group[0]
+        with torch.no_grad():  # equal after calibration; the max never clips what one of them represented
+            leader.set_amax_(torch.stack([quantizer.amax for quantizer in group]).max())
+        parameters.append(leader.learn_amax_())
+        for quantizer in group[1:]:
+            quantizer.learn_amax_(shared=leader.log_amax)
+    return parameters
 
 
 def _freeze_ranges(model: nn.Module) -> None:

@@ -201,18 +201,24 @@ class TensorQuantizer(nn.Module):
         """Whether the range is trainable now (between :meth:`learn_amax_` and :meth:`freeze_amax_`)."""
         return "log_amax" in self._parameters
 
-    def learn_amax_(self) -> nn.Parameter:
+    def learn_amax_(self, shared: nn.Parameter | None = None) -> nn.Parameter:
         """Make the range trainable (LSQ): a ``log_amax`` parameter that ``forward`` uses instead of ``amax``.
 
         The parameter is the log of the range, so an optimizer step changes it by a relative amount whatever the
         tensor's magnitude, and it stays positive. ``amax`` keeps the calibrated value until :meth:`freeze_amax_`.
+        ``shared``: use another quantizer's parameter (quantizers of one tensor must keep one range, or the export
+        cannot merge them and ONNX Runtime cannot fuse the conv that produces the tensor).
 
         Raises:
-            ConfigError: the quantizer has no amax yet.
+            ConfigError: the quantizer has no amax yet, or ``shared`` has another shape.
         """
         if not self.is_calibrated:
             raise ConfigError("cannot learn the range of an uncalibrated quantizer: calibrate it first")
-        if not self.learns_amax:
+        if shared is not None:
+            if shared.shape != self.amax.shape:
+                raise ConfigError(f"shared log_amax of shape {tuple(shared.shape)} for amax {tuple(self.amax.shape)}")
+            self.log_amax = shared
+        elif not self.learns_amax:
             self.log_amax = nn.Parameter(self.amax.detach().clone().log())
         return self.log_amax
 
