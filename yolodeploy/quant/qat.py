@@ -19,10 +19,12 @@ calibration, as in the official recipe). With ``learn_amax`` the ranges train to
 enabled quantizer gets a ``log_amax`` parameter (:meth:`~yolodeploy.quant.quantizer.TensorQuantizer.learn_amax_`)
 stepped by its own Adam at ``amax_lr`` (Adam: the range gradients sum over whole tensors and differ by orders of
 magnitude between layers, which a per-parameter step size absorbs), and the learned values are written back to
-``amax`` at the end. Gradients reach the conv weights through the straight-through estimator (zero for values
-clipped by the range). Which
-layers fake-quantize is left as the caller set it (``calibrate`` enables all; a layer turned off with
-``set_layer_enabled`` or kept float by ``quantize_model(exclude=...)`` trains in float).
+``amax`` at the end. Quantizers that read one tensor share one parameter (:func:`same_input_groups`): the Q/DQ
+export merges them into one QuantizeLinear only while their ranges are equal, and ONNX Runtime runs the conv that
+produces the tensor in int8 only then. Gradients reach the conv weights through the straight-through estimator
+(zero for values clipped by the range). Which layers fake-quantize is left as the caller set it (``calibrate``
+enables all; a layer turned off with ``set_layer_enabled`` or kept float by ``quantize_model(exclude=...)`` trains
+in float).
 
 Hyper-parameters follow the official QAT configs where the issue does not say otherwise: SGD (Nesterov, momentum
 0.937), lr 1e-5 with a cosine decay to ``lr * 0.001`` (official ``lr0=1e-5, lrf=0.001``), weight decay 5e-5 on
@@ -342,7 +344,9 @@ def _loader(dataset, config: QATConfig, epoch: int):
     )
 
 
-def same_input_groups(model: nn.Module, quantizers: list[TensorQuantizer], img_size: int = 64) -> list[list]:
+def same_input_groups(
+    model: nn.Module, quantizers: list[TensorQuantizer], img_size: int = 64
+) -> list[list[TensorQuantizer]]:
     """``quantizers`` grouped by the tensor they read: equal inputs in one traced forward of a random image.
 
     Calibration gives quantizers that read one tensor (the convs of two branches reading one ReLU output) the same
