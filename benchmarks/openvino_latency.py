@@ -23,6 +23,7 @@ import numpy as np
 
 from yolodeploy.bench.latency import time_interleaved
 from yolodeploy.deploy.runners import create_runner
+from yolodeploy.deploy.runners.openvino_runner import is_available as openvino_available
 
 ROUNDS = 5
 CALLS_PER_ROUND = {1: 20, 32: 3}
@@ -44,9 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--json", default=None, help="also write the medians and speed-ups here")
     args = parser.parse_args(argv)
-    try:
-        import openvino  # noqa: F401
-    except ImportError:
+    if not openvino_available():
         print("openvino is not installed: pip install -e '.[openvino]'", file=sys.stderr)
         return 2
     results: dict[str, dict] = {}

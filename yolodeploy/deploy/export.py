@@ -51,8 +51,9 @@ from torch import Tensor, nn
 from ..core.compare import CompareResult, compare_outputs
 from ..core.nms import batched_nms
 from ..core.reparam import reparameterize_model
-from ..errors import BackendUnavailableError, CheckpointError, ConfigError, ExportError, OnnxModelError
+from ..errors import CheckpointError, ConfigError, ExportError, OnnxModelError
 from ..utils.io import atomic_path
+from ..utils.optional import import_optional
 from .nms import NMS_OUTPUT_NAMES, RAW_OUTPUT_NAME, NMSConfig, NMSKind, append_nms
 from .onnx_utils import TensorMeta, check_opset, onnx_io
 
@@ -282,13 +283,11 @@ def cast_fp16_range_(proto: onnx.ModelProto) -> int:
 
 
 def _ort_run(proto: onnx.ModelProto, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
-    try:
-        import onnxruntime
-    except ImportError as exc:
-        raise BackendUnavailableError(
-            f"the parity check needs ONNX Runtime ({exc}): pip install onnxruntime; "
-            "or skip it with check=False / --no-check"
-        ) from None
+    onnxruntime = import_optional(
+        "onnxruntime",
+        "the parity check needs ONNX Runtime ({error}): pip install onnxruntime; "
+        "or skip it with check=False / --no-check",
+    )
     try:
         session = onnxruntime.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
         return session.run(None, feed)
