@@ -31,7 +31,7 @@ import numpy as np
 from yolodeploy.deploy.runners.onnxrt import import_onnxruntime
 from yolodeploy.utils.markdown import markdown_table
 
-CALLS = {1: 120, 32: 8}  # profiled calls per batch size, after WARMUP untimed ones
+CALLS = {1: 120, 32: 8}  # counted calls per batch size, after WARMUP profiled but not counted ones
 WARMUP = 10
 CONV_OPS = {"Conv", "FusedConv", "QLinearConv"}
 LAYOUT_OPS = {"Transpose", "ReorderInput", "ReorderOutput"}
@@ -82,26 +82,22 @@ def summarize(events: list[tuple[str, str, float]], calls: int) -> dict[str, dic
 
 
 def profile_model(path: str, img: int, batch: int, threads: int) -> dict[str, dict[str, float]]:
-    """Run ``path`` under ONNX Runtime's profiler on a random input; per-part times of the profiled calls."""
+    """Run ``path`` under ONNX Runtime's profiler on a random input; per-part times of the calls after warm-up."""
     ort = import_onnxruntime()
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
-    feed = {session.get_inputs()[0].name: np.random.rand(batch, 3, img, img).astype(np.float32)}
-    for _ in range(WARMUP):
-        session.run(None, feed)
+    calls = CALLS.get(batch, 8)
     with tempfile.TemporaryDirectory() as folder:
         options.enable_profiling = True
         options.profile_file_prefix = os.path.join(folder, "profile")
         session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
-        session.run(None, feed)  # the first profiled call: allocations, not counted
-        calls = CALLS.get(batch, 8)
-        for _ in range(calls):
+        feed = {session.get_inputs()[0].name: np.random.rand(batch, 3, img, img).astype(np.float32)}
+        for _ in range(WARMUP + calls):
             session.run(None, feed)
         with open(session.end_profiling()) as handle:
             events = kernel_events(json.load(handle))
-    return summarize(events[_first_run_length(events) :], calls)
+    return summarize(events[WARMUP * _first_run_length(events) :], calls)  # warm-up calls not counted
 
 
 def _first_run_length(events: list[tuple[str, str, float]]) -> int:
