@@ -64,6 +64,8 @@ def test_raw_export_parity_opset_and_dynamic_batch(exported):
     inputs, outputs = onnx_io(proto)
     assert [(m.name, m.dtype, m.shape) for m in inputs] == [("images", np.float32, ("batch", 3, IMG, IMG))]
     assert outputs[0].name == "outputs" and outputs[0].shape[0] == "batch" and outputs[0].shape[2] == 84
+    # only the batch is dynamic: sizes, split points and the anchor grid are constants (core.shapes)
+    assert not {"Shape", "Range", "Expand", "ConstantOfShape"} & {node.op_type for node in proto.graph.node}, name
     feed, runner = images(4), session(str(path))
     (out4,) = ort_run(runner, feed)
     (out1,) = ort_run(runner, feed[:1])

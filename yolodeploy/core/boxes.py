@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from .shapes import halves
+
 __all__ = ["make_anchor_points", "dist2bbox", "cxcywh_to_xyxy", "xyxy_to_cxcywh"]
 
 
@@ -34,7 +36,7 @@ def make_anchor_points(
 
 def dist2bbox(distance: Tensor, points: Tensor, *, xywh: bool = False, dim: int = -1) -> Tensor:
     """Boxes from (left, top, right, bottom) distances around ``points``: xyxy, or cxcywh if ``xywh``."""
-    left_top, right_bottom = distance.chunk(2, dim)
+    left_top, right_bottom = halves(distance, dim)
     x1y1 = points - left_top
     x2y2 = points + right_bottom
     if xywh:

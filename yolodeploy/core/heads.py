@@ -26,6 +26,7 @@ from torch import Tensor, nn
 
 from .boxes import dist2bbox, make_anchor_points
 from .layers import ConvBNSiLU
+from .shapes import batch_dim, flatten_spatial, static_size
 
 __all__ = ["EffiDeHead", "HEAD_VARIANTS", "DFL_BINS"]
 
@@ -113,7 +114,7 @@ class EffiDeHead(nn.Module):
 
     def _distances(self, box_output: Tensor) -> Tensor:
         """(B, 4, H*W) l, t, r, b distances in grid units from one level's box output."""
-        batch, _, height, width = box_output.shape
+        (height, width), batch = static_size(box_output), batch_dim(box_output)
         if self.use_dfl and self.variant != "distill_ns":
             logits = box_output.reshape(batch, 4, DFL_BINS, height * width).permute(0, 2, 1, 3)
             return self.proj_conv(F.softmax(logits, dim=1)).reshape(batch, 4, height * width)
@@ -121,9 +122,9 @@ class EffiDeHead(nn.Module):
 
     def decode(self, raw: Sequence[tuple[Tensor, Tensor]]) -> Tensor:
         """(B, N, 4 + C) predictions (xyxy pixels, sigmoid scores) from :meth:`forward_raw` outputs."""
-        scores = torch.cat([cls.sigmoid().flatten(2) for cls, _ in raw], -1).permute(0, 2, 1)
+        scores = torch.cat([flatten_spatial(cls.sigmoid()) for cls, _ in raw], -1).permute(0, 2, 1)
         distances = torch.cat([self._distances(box) for _, box in raw], -1).permute(0, 2, 1)
-        sizes = [tuple(cls.shape[-2:]) for cls, _ in raw]
+        sizes = [static_size(cls) for cls, _ in raw]
         points, point_strides = make_anchor_points(
             sizes, list(self.strides[: len(raw)]), dtype=distances.dtype, device=distances.device
         )

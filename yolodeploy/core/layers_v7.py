@@ -19,6 +19,7 @@ from torch import Tensor, nn
 from .boxes import make_anchor_points
 from .fuse import conv_bn_kernel_bias, fused_conv, identity_bn_kernel_bias, pad_kernel
 from .layers import ConvModule, batch_norm, make_activation
+from .shapes import batch_dim, static_size
 
 __all__ = [
     "DEFAULT_ACTIVATION",
@@ -371,8 +372,9 @@ class Detect(nn.Module):
 
     def _to_anchor_maps(self, x: Tensor) -> Tensor:
         """(B, A * (5 + C), H, W) -> (B, A, H, W, 5 + C)."""
-        batch, _, height, width = x.shape
-        return x.view(batch, self.num_anchors, self.num_outputs, height, width).permute(0, 1, 3, 4, 2).contiguous()
+        height, width = static_size(x)
+        x = x.view(batch_dim(x), self.num_anchors, self.num_outputs, height, width)
+        return x.permute(0, 1, 3, 4, 2).contiguous()
 
     def forward_raw(self, features: Sequence[Tensor]) -> list[Tensor]:
         """Per lead level the pre-sigmoid outputs (B, A, H, W, 5 + C): t_x, t_y, t_w, t_h, objectness, classes."""
@@ -386,7 +388,7 @@ class Detect(nn.Module):
         """(B, N, 4 + C) predictions (xyxy pixels, objectness x class probability) from :meth:`forward_raw`."""
         predictions = []
         for index, level in enumerate(raw):
-            batch, _, height, width, _ = level.shape
+            height, width = int(level.shape[2]), int(level.shape[3])  # plain ints, see ``static_size``
             points, _ = make_anchor_points([(height, width)], [1], offset=0.0, dtype=level.dtype, device=level.device)
             grid = points.view(1, 1, height, width, 2)
             y = level.sigmoid()
@@ -394,7 +396,7 @@ class Detect(nn.Module):
             size = (y[..., 2:4] * 2) ** 2 * self.anchor_grid[index]
             scores = y[..., 5:] * y[..., 4:5]
             boxes = torch.cat((centre - size / 2, centre + size / 2, scores), -1)
-            predictions.append(boxes.view(batch, -1, 4 + self.num_classes))
+            predictions.append(boxes.reshape(batch_dim(boxes), self.num_anchors * height * width, 4 + self.num_classes))
         return torch.cat(predictions, 1)
 
     def forward(self, features: Sequence[Tensor]) -> Tensor | list[Tensor]:

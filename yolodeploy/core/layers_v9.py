@@ -28,6 +28,7 @@ from .boxes import dist2bbox, make_anchor_points
 from .fuse import conv_bn_kernel_bias, fused_conv, pad_kernel
 from .layers import make_activation
 from .layers_v7 import DEFAULT_ACTIVATION, MP, SP, SPPCSPC, Concat, Conv, autopad
+from .shapes import batch_dim, flatten_spatial, halves, static_size
 
 __all__ = [
     "DEFAULT_ACTIVATION",
@@ -226,7 +227,7 @@ class RepNCSPELAN4(nn.Module):
         self.cv4 = Conv(hidden_channels + 2 * block_channels, out_channels, 1, 1, **act)
 
     def forward(self, x: Tensor) -> Tensor:
-        outputs = list(self.cv1(x).chunk(2, 1))
+        outputs = list(halves(self.cv1(x)))
         outputs.extend(stage(outputs[-1]) for stage in (self.cv2, self.cv3))
         return self.cv4(torch.cat(outputs, 1))
 
@@ -258,7 +259,7 @@ class ELAN1(nn.Module):
         self.cv4 = Conv(hidden_channels + 2 * block_channels, out_channels, 1, 1, activation=activation)
 
     def forward(self, x: Tensor) -> Tensor:
-        outputs = list(self.cv1(x).chunk(2, 1))
+        outputs = list(halves(self.cv1(x)))
         outputs.extend(stage(outputs[-1]) for stage in (self.cv2, self.cv3))
         return self.cv4(torch.cat(outputs, 1))
 
@@ -290,7 +291,7 @@ class ADown(nn.Module):
         self.cv2 = Conv(in_channels // 2, self.c, 1, 1, 0, activation=activation)
 
     def forward(self, x: Tensor) -> Tensor:
-        first, second = _smooth(x).chunk(2, 1)
+        first, second = halves(_smooth(x))
         return torch.cat((self.cv1(first), self.cv2(F.max_pool2d(second, 3, 2, 1))), 1)
 
 
@@ -388,7 +389,7 @@ class DFL(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """(B, 4 * bins, N) side-major logits -> (B, 4, N) expected distances."""
-        batch, _, points = x.shape
+        batch, points = batch_dim(x), int(x.shape[-1])  # constant reshapes in an ONNX export (``static_size``)
         probabilities = x.view(batch, 4, self.c1, points).transpose(2, 1).softmax(1)
         return self.conv(probabilities).view(batch, 4, points)
 
@@ -499,9 +500,9 @@ class Detect(nn.Module):
     def decode(self, levels: Sequence[Tensor], branch: int = -1) -> Tensor:
         """(B, N, 4 + C) predictions (xyxy pixels, sigmoid scores) from one branch's raw maps."""
         dfl = getattr(self, self.branch_names(branch % self.num_branches)[2])
-        box, cls = torch.cat([level.flatten(2) for level in levels], 2).split((4 * self.reg_max, self.nc), 1)
+        box, cls = torch.cat([flatten_spatial(level) for level in levels], 2).split((4 * self.reg_max, self.nc), 1)
         distances = dfl(box).transpose(1, 2)
-        sizes = [tuple(level.shape[-2:]) for level in levels]
+        sizes = [static_size(level) for level in levels]
         points, point_strides = make_anchor_points(
             sizes, list(self.strides), dtype=distances.dtype, device=distances.device
         )

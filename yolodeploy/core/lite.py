@@ -20,6 +20,7 @@ from torch import Tensor, nn
 
 from .boxes import dist2bbox, make_anchor_points
 from .layers import ConvBN, ConvBNHS, batch_norm
+from .shapes import batch_dim, flatten_spatial, halves, static_size
 
 __all__ = [
     "SqueezeExcite",
@@ -56,7 +57,7 @@ class SqueezeExcite(nn.Module):
 
 def channel_shuffle(x: Tensor, groups: int) -> Tensor:
     """ShuffleNet channel shuffle: interleave the channels of ``groups`` equal groups."""
-    batch, channels, height, width = x.shape
+    batch, channels, (height, width) = batch_dim(x), int(x.shape[1]), static_size(x)
     x = x.reshape(batch, groups, channels // groups, height, width).transpose(1, 2)
     return x.reshape(batch, channels, height, width)
 
@@ -85,7 +86,7 @@ class LiteEffiBlockS1(nn.Module):
         self.conv_1 = ConvBNHS(mid_channels, out_channels // 2, 1, padding=0, **deploy)
 
     def forward(self, x: Tensor) -> Tensor:
-        kept, transformed = x.chunk(2, dim=1)
+        kept, transformed = halves(x)
         transformed = self.conv_1(self.se(self.conv_dw_1(self.conv_pw_1(transformed))))
         return channel_shuffle(torch.cat((kept, transformed), 1), 2)
 
@@ -287,15 +288,15 @@ class LiteEffiDeHead(nn.Module):
 
     def forward(self, features: list[Tensor]) -> Tensor | tuple[list[Tensor], Tensor, Tensor]:
         stems, class_logits, box_distances = self._forward_levels(features)
-        scores = torch.cat([logits.flatten(2) for logits in class_logits], 2).sigmoid().transpose(1, 2)
-        distances = torch.cat([distance.flatten(2) for distance in box_distances], 2).transpose(1, 2)
+        scores = torch.cat([flatten_spatial(logits) for logits in class_logits], 2).sigmoid().transpose(1, 2)
+        distances = torch.cat([flatten_spatial(distance) for distance in box_distances], 2).transpose(1, 2)
         if self.training:
             return stems, scores, distances
         return torch.cat((self.decode_boxes(distances, features), scores), -1)
 
     def decode_boxes(self, distances: Tensor, features: list[Tensor]) -> Tensor:
         """xyxy boxes in input pixels from (B, N, 4) distances around the cell centres of ``features``."""
-        sizes = [tuple(feature.shape[-2:]) for feature in features]
+        sizes = [static_size(feature) for feature in features]
         points, point_strides = make_anchor_points(
             sizes, list(self.strides), 0.5, dtype=distances.dtype, device=distances.device
         )
