@@ -15,6 +15,7 @@ from yolodeploy.models.checkpoint import load_checkpoint, read_metadata
 from yolodeploy.quant import model as quant_model
 from yolodeploy.quant.ptq import PTQConfig
 from yolodeploy.quant.qat import QATConfig
+from yolodeploy.quant.qat_run import fusion_regression_note
 
 pytestmark = pytest.mark.usefixtures("single_thread_torch")
 
@@ -60,11 +61,20 @@ def test_qat_cli_writes_the_qat_row_checkpoint_and_record(qat_cli):
     assert all(p["ok"] for p in report["parity"].values()) and {"qat_ort", "qat_trt"} <= set(report["parity"])
     qat = report["qat"]
     assert qat["start"] == "ptq" and qat["float_layers"] == [] and qat["best_epoch"] == 1
+    assert qat["int8_convs"]["qat"] == qat["int8_convs"]["ptq"] > 0  # QAT left ORT's int8 fusion as it was
+    assert not any("QLinearConv" in note for note in report["notes"])
     assert [h["epoch"] for h in qat["history"]] == [1]
     assert {"loss", "det", "kd_cls", "cwd", "ap"} <= set(qat["history"][0])
     assert qat["config"]["epochs"] == 1 and qat["config"]["lr"] == 1e-5 and qat["config"]["distill"] == "cwd"
     assert any(line.startswith("| QAT |") for line in result.output.splitlines())
     assert f"wrote {root / 'record.json'} (record)" in result.output
+
+
+def test_fusion_regression_note():
+    assert fusion_regression_note({"ptq": 61, "qat": 61}, "ptq") is None
+    assert fusion_regression_note({"ptq_top6": 50, "qat": None}, "ptq_top6") is None  # no onnxruntime: no check
+    note = fusion_regression_note({"ptq": 61, "qat": 55}, "ptq")
+    assert note and "runs 55 convs" in note and "ptq file it started from 61" in note
 
 
 def test_qat_checkpoint_round_trips_with_ptq_amax(qat_cli):

@@ -265,6 +265,7 @@ class _Run:
     calib: list[Path] = dataclasses.field(default_factory=list)
     rows: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
     onnx: dict[str, Path] = dataclasses.field(default_factory=dict)  # the ORT file of each row, for the latency
+    int8_convs: dict[Path, int] = dataclasses.field(default_factory=dict)  # QLinearConvs ORT runs, per ORT file
     parity: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
     files: dict[str, str] = dataclasses.field(default_factory=dict)
     notes: list[str] = dataclasses.field(default_factory=list)
@@ -350,7 +351,9 @@ def _export_checked(qmodel: nn.Module, run: _Run, stem: str, role: str) -> Path:
 
     config, built = run.config, {}
     for flavour in ("ort", "trt"):
-        proto, _ = build_qdq_graph(qmodel, img_size=config.img_size, flavour=flavour)
+        proto, report = build_qdq_graph(qmodel, img_size=config.img_size, flavour=flavour)
+        if report.ort_ops is not None:
+            run.int8_convs[run.out / f"{stem}_ort.onnx"] = report.ort_ops.get("QLinearConv", 0)
         batches = calibration_batches(run.heldout, config.img_size, config.batch, border=config.border)
         parity = check_qdq_parity(qmodel, proto, batches, flavour=flavour)
         run.parity[f"{role}_{flavour}"] = parity.to_dict()
