@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from yolodeploy.core.init import randomize_bn_, randomize_constants_  # noqa: F401  (re-exported for tests)
+from yolodeploy.utils.threads import torch_threads
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = Path(os.environ.get("YOLODEPLOY_FIXTURES", REPO_ROOT.parent / "shared" / "fixtures")).resolve()
@@ -135,10 +136,8 @@ def single_thread_torch():
 
     Use with ``pytestmark = pytest.mark.usefixtures("single_thread_torch")``.
     """
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    with torch_threads(1):
+        yield
 
 
 @pytest.fixture(scope="session")
