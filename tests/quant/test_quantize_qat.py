@@ -15,7 +15,7 @@ from yolodeploy.models.checkpoint import load_checkpoint, read_metadata
 from yolodeploy.quant import model as quant_model
 from yolodeploy.quant.ptq import PTQConfig
 from yolodeploy.quant.qat import QATConfig
-from yolodeploy.quant.qat_run import fusion_regression_note
+from yolodeploy.quant.qat_run import epoch_choice_note, fusion_regression_note
 
 pytestmark = pytest.mark.usefixtures("single_thread_torch")
 
@@ -75,6 +75,15 @@ def test_fusion_regression_note():
     assert fusion_regression_note({"ptq_top6": 50, "qat": None}, "ptq_top6") is None  # no onnxruntime: no check
     note = fusion_regression_note({"ptq": 61, "qat": 55}, "ptq")
     assert note and "runs 55 convs" in note and "ptq file it started from 61" in note
+
+
+def test_epoch_choice_note():
+    history = [{"epoch": 1, "ap": 0.5}, {"epoch": 2, "ap": 0.6}, {"epoch": 3, "ap": 0.55}]
+    note = epoch_choice_note(history, 2, same_images=True)
+    assert note and "kept epoch 2 of 3" in note and "optimistic" in note and "0.5500" in note
+    assert epoch_choice_note(history, 3, same_images=True) is None  # the last epoch: no choice was made
+    assert epoch_choice_note(history, 2, same_images=False) is None  # chosen on other images
+    assert epoch_choice_note([], None, same_images=True) is None  # no per-epoch AP
 
 
 def test_qat_checkpoint_round_trips_with_ptq_amax(qat_cli):

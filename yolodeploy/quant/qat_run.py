@@ -32,7 +32,7 @@ from .model import enable_all
 from .ptq import _export_checked, _measure, _Run, _torch_ap, _val_subset
 from .qat import run_qat
 
-__all__ = ["run_qat_stage", "fusion_regression_note", "QAT_STEM"]
+__all__ = ["run_qat_stage", "fusion_regression_note", "epoch_choice_note", "QAT_STEM"]
 
 #: File stem of the QAT outputs: ``qat.safetensors``, ``qat_ort.onnx``, ``qat_trt.onnx``.
 QAT_STEM = "qat"
@@ -80,6 +80,18 @@ def fusion_regression_note(int8_convs: dict[str, int | None], start: str) -> str
     )
 
 
+def epoch_choice_note(history: list[dict[str, Any]], best_epoch: int | None, *, same_images: bool) -> str | None:
+    """A warning when the kept QAT epoch is not the last one and was chosen on the images the ``qat`` row's AP is
+    measured on: that AP is then optimistic. Keeping the last epoch involves no choice, so no warning."""
+    if best_epoch is None or not history or not same_images or best_epoch == history[-1]["epoch"]:
+        return None
+    last = history[-1]
+    return (
+        f"QAT kept epoch {best_epoch} of {last['epoch']}, chosen by AP on the same val images as the qat row: its AP "
+        f"is optimistic (fake-quant AP of the last epoch: {last.get('ap', float('nan')):.4f})"
+    )
+
+
 def run_qat_stage(
     run: _Run, model: nn.Module, qmodel: nn.Module, float_layers: list[str], calibration: dict[str, Any]
 ) -> dict[str, Any]:
@@ -121,6 +133,7 @@ def run_qat_stage(
         qat_run={**outcome, "model_hash": model_hash(result.model)},
     )  # fmt: skip
     run.files["qat_checkpoint"] = str(ckpt)
-    if result.best_ap is not None and qat.epochs > 1 and config.qat_val_images is None:
-        run.notes.append("QAT epoch chosen by AP on the same val images as the qat row: its AP is optimistic")
+    note = epoch_choice_note(result.history, result.best_epoch, same_images=config.qat_val_images is None)
+    if note:
+        run.notes.append(note)
     return {**outcome, "history": result.history, "config": qat.to_dict()}
