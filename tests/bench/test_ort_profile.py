@@ -53,6 +53,7 @@ def test_table_ratio_and_total(ort_profile):
     assert lines[-1] == "| total | 7.000 | 3.500 | 2.00 | 150 / 170 |"
 
 
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # the TorchScript exporter's, not ours
 def test_end_to_end_on_a_tiny_onnx_pair(ort_profile, tmp_path):
     model = nn.Sequential(nn.Conv2d(3, 8, 3, 2, 1), nn.ReLU(), nn.Conv2d(8, 8, 3, 1, 1)).eval()
     path = tmp_path / "tiny.onnx"
