@@ -27,7 +27,7 @@ from yolodeploy.quant.model import (
     save_quantized,
     set_layer_enabled,
 )
-from yolodeploy.quant.quantizer import QuantConvTranspose2d, QuantSiLU
+from yolodeploy.quant.quantizer import QuantSiLU
 
 pytestmark = pytest.mark.usefixtures("single_thread_torch")
 
@@ -200,37 +200,3 @@ def test_for_flavour(yolov6n, sample):
     assert all(id(m._source[0]) in own for m in silus)  # deepcopy keeps each bound to its own copy's quantizer
     with pytest.raises(ConfigError, match="'ort' or 'trt'"):
         for_flavour(qmodel, "bogus")
-
-
-def test_conv_transpose_input_shares_the_concat_readers_quantizer(yolov6n, sample, tmp_path):
-    qmodel = quantize_model(yolov6n)
-    transposes = {n: m for n, m in qmodel.named_modules() if isinstance(m, QuantConvTranspose2d)}
-    inputs = {id(layer.input_quantizer): name for name, layer in quant_layers(qmodel).items()}
-    # YOLOv6's two upsampling ConvTranspose read the reduce convs' outputs, which the bottom-up Concats also take
-    assert {n: inputs[id(m._source[0])] for n, m in transposes.items()} == {
-        "neck.Bifusion0.upsample.upsample_transpose": "neck.Rep_n4.conv1.rbr_reparam",
-        "neck.Bifusion1.upsample.upsample_transpose": "neck.Rep_n3.conv1.rbr_reparam",
-    }
-    plain = {k: v for k, v in yolov6n.state_dict().items() if "upsample_transpose" in k}
-    assert plain.keys() <= qmodel.state_dict().keys()  # same keys: older quantized checkpoints still load
-    with torch.no_grad():
-        assert torch.equal(quantize_model(yolov6n)(sample), reparameterize_model(yolov6n, inplace=False)(sample))
-    calibrate(qmodel, [sample], method="max")
-    layer = next(iter(transposes.values()))
-    x = torch.rand(1, layer.in_channels, 4, 4)
-    with torch.no_grad():
-        expected = nn.functional.conv_transpose2d(layer._source[0](x), layer.weight, layer.bias, layer.stride)
-        assert layer.active and torch.equal(layer(x), expected)
-        trt = next(m for m in for_flavour(qmodel, "trt").modules() if isinstance(m, QuantConvTranspose2d))
-        assert not trt.active and torch.equal(trt(x), nn.functional.conv_transpose2d(x, layer.weight, layer.bias, 2))
-    path = save_quantized(qmodel, tmp_path / "q.safetensors", calibration={"method": "max"})
-    loaded = load_quantized(path)
-    with torch.no_grad():
-        assert torch.equal(loaded(sample), qmodel(sample))
-
-
-def test_conv_transpose_without_a_concat_reader_stays_float():
-    model = nn.Sequential(nn.Conv2d(3, 4, 3, 2, 1), nn.ReLU(), nn.ConvTranspose2d(4, 4, 2, 2), nn.Conv2d(4, 2, 1))
-    model.form = "deploy"
-    qmodel = quantize_model(model)
-    assert type(qmodel[2]) is nn.ConvTranspose2d

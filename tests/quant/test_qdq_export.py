@@ -145,10 +145,10 @@ def test_ort_passes_are_exact(qmodel, images):
 def test_ort_flavour_runs_the_quantized_convs_in_int8(qmodel, exported):
     summary = ort_fusion_summary(exported["ort"])
     assert set(summary) == {"QLinearConv", "Conv", "FusedConv", "QLinearSigmoid", "QLinearMul", "DequantizeLinear"}
-    # all but the 6 prediction convs (float outputs; the 3 class convs feed only their sigmoid: FusedConv with it).
-    # The 2 reduce convs feeding the upsampling ConvTranspose are int8 too: it shares the Concat's quantizer.
-    assert summary["QLinearConv"] == len(quant_layers(qmodel)) - 6, summary
-    assert summary["FusedConv"] == 3 and summary["Conv"] == 3, summary
+    # all but: 2 convs whose ReLU output also feeds the float ConvTranspose (FusedConv with the ReLU) and the 6
+    # prediction convs (float outputs; the 3 class convs feed only their sigmoid: FusedConv with the Sigmoid)
+    assert summary["QLinearConv"] == len(quant_layers(qmodel)) - 8, summary
+    assert summary["FusedConv"] == 2 + 3 and summary["Conv"] == 3, summary
     silus = sum(isinstance(m, QuantSiLU) for m in qmodel.modules())  # the head's 9 SiLUs, each fully int8
     assert silus == 9 and summary["QLinearSigmoid"] == summary["QLinearMul"] == silus, summary
     assert ort_fusion_summary(exported["trt"])["QLinearConv"] == 0  # no Q after the convs: float kernels

@@ -13,11 +13,7 @@ input and the ops in between run on the float (dequantized-equivalent) values. T
 (ONNX Runtime and the fake-quant model compute the same thing). For speed TensorRT wants those neighbourhoods to
 share one scale, and :func:`yolodeploy.deploy.qdq_passes.tie_scales` makes them consistent on the exported graph
 (rule-based: Concat inputs/output share one scale, MaxPool/Resize pass their input's scale through, residual
-Add inputs agree); :mod:`yolodeploy.quant.export` runs it. One exception: a ConvTranspose (YOLOv6's upsampling)
-that reads a tensor a Concat also takes becomes a ``QuantConvTranspose2d`` whose input is quantized by the
-input quantizer of the conv reading that Concat (the same object): one scale on the tensor, so ONNX Runtime fuses
-the conv producing it (without it, 2 of yolov6n's convs stay float). Enabling or disabling that conv's layer
-switches the ConvTranspose input with it; the TensorRT form keeps it float (its weights are float).
+Add inputs agree); :mod:`yolodeploy.quant.export` runs it.
 
 **Conv outputs (ONNX Runtime).** ORT runs a conv in int8 only as DQ -> Conv -> [Relu] -> Q. A conv followed
 by a ReLU gets that Q from its consumers' input quantizers (unsigned after the ReLU, see
@@ -50,11 +46,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 
 from ..core.reparam import reparameterize_model
 from ..errors import CheckpointError, ConfigError
-from .quantizer import QuantConv2d, QuantConvTranspose2d, QuantSiLU
+from .quantizer import QuantConv2d, QuantSiLU
 
 __all__ = [
     "QUANTIZED_FORM",
@@ -198,50 +194,6 @@ def _output_quantized_convs(model: nn.Module) -> dict[str, str | None]:
     return found
 
 
-def _conv_transpose_sources(model: nn.Module, img_size: int = 64) -> dict[str, str]:
-    """``{ConvTranspose2d name: QuantConv2d name}`` where the conv's input holds the transpose's whole input as a
-    channel slice (they read one tensor, the conv through a Concat), from one forward of a seeded random image
-    with every quantizer still disabled. A transpose with no such conv is left out (it stays float)."""
-    transposes = {
-        id(m): n for n, m in model.named_modules() if type(m) is nn.ConvTranspose2d
-    }  # fmt: skip
-    convs = {id(m): n for n, m in model.named_modules() if isinstance(m, QuantConv2d)}
-    inputs: dict[str, Tensor] = {}
-
-    def hook(module: nn.Module, args: tuple) -> None:
-        inputs[transposes.get(id(module)) or convs[id(module)]] = args[0].detach()
-
-    if not transposes:
-        return {}
-    handles = [m.register_forward_pre_hook(hook) for m in model.modules() if id(m) in transposes or id(m) in convs]
-    was_training = model.training
-    try:
-        with torch.no_grad():
-            image = torch.rand(1, 3, img_size, img_size, generator=torch.Generator().manual_seed(0))
-            model.eval()(image.to(_device(model)))
-    finally:
-        model.train(was_training)
-        for handle in handles:
-            handle.remove()
-    found = {}
-    for name in transposes.values():
-        x = inputs.get(name)
-        source = next((conv for conv in convs.values() if x is not None and _holds_slice(inputs.get(conv), x)), None)
-        if source is not None:
-            found[name] = source
-    return found
-
-
-def _holds_slice(y: Tensor | None, x: Tensor) -> bool:
-    """Whether ``y`` (B, C', H, W) contains ``x`` (B, C, H, W), not all zero, as channels ``k .. k + C``."""
-    if y is None or y.shape[0] != x.shape[0] or y.shape[2:] != x.shape[2:] or y.shape[1] < x.shape[1]:
-        return False
-    if not bool(x.any()):
-        return False
-    channels = x.shape[1]
-    return any(torch.equal(y[:, k : k + channels], x) for k in range(y.shape[1] - channels + 1))
-
-
 def _device(model: nn.Module) -> torch.device:
     return next(model.parameters()).device
 
@@ -296,9 +248,6 @@ def quantize_model(
             _set_submodule(model, name, layer)
             if output_quantized.get(name):
                 _set_submodule(model, output_quantized[name], QuantSiLU(layer.output_quantizer))
-    for name, source in _conv_transpose_sources(model).items():
-        quantizer = model.get_submodule(source).input_quantizer
-        _set_submodule(model, name, QuantConvTranspose2d.from_conv_transpose(model.get_submodule(name), quantizer))
     model.form = QUANTIZED_FORM
     model.quant_excluded = excluded
     model.quantize_dfl = quantize_dfl
@@ -309,8 +258,7 @@ def for_flavour(qmodel: nn.Module, flavour: str) -> nn.Module:
     """A copy of ``qmodel`` in the form a Q/DQ export flavour needs (see ``quant.export.QdqFlavour``).
 
     ``"ort"``: as calibrated (unsigned activations after ReLUs, output quantizers). ``"trt"``: every activation
-    quantizer signed (same amax, scale ``amax / 127``), no output quantizer (TensorRT's symmetric int8) and
-    float ConvTranspose inputs (``QuantConvTranspose2d``).
+    quantizer signed (same amax, scale ``amax / 127``) and no output quantizer, TensorRT's symmetric int8.
 
     Raises:
         ConfigError: an unknown flavour.
@@ -322,9 +270,6 @@ def for_flavour(qmodel: nn.Module, flavour: str) -> nn.Module:
         for layer in quant_layers(model).values():
             layer.input_quantizer.set_unsigned_(False)
             layer.output_quantizer.disable()
-        for module in model.modules():
-            if isinstance(module, QuantConvTranspose2d):
-                module.quantize_input = False  # float weights: TensorRT quantizes a deconvolution fully or not
     return model
 
 

@@ -42,7 +42,7 @@ from ..errors import ConfigError
 from .calibrators import CalibMethod, Histogram, compute_amax, per_channel_amax
 from .primitives import MIN_SCALE, fake_quantize_scaled, learnable_fake_quantize, qrange
 
-__all__ = ["QuantState", "TensorQuantizer", "QuantConv2d", "QuantConvTranspose2d", "QuantSiLU", "SIGMOID_SCALE"]
+__all__ = ["QuantState", "TensorQuantizer", "QuantConv2d", "QuantSiLU", "SIGMOID_SCALE"]
 
 
 class QuantState(str, Enum):
@@ -333,44 +333,6 @@ class QuantConv2d(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         weight = self.weight_quantizer(self.conv.weight)
         return self.output_quantizer(self.conv._conv_forward(self.input_quantizer(x), weight, self.conv.bias))
-
-
-class QuantConvTranspose2d(nn.ConvTranspose2d):
-    """An ``nn.ConvTranspose2d`` (same parameters, same state-dict keys) whose input is fake-quantized by
-    ``source``, the input quantizer of the conv that reads a Concat of this layer's input (YOLOv6's upsampling
-    ConvTranspose reads the reduce conv's output, which the next Concat also takes).
-
-    Sharing that quantizer keeps one scale on the tensor: the ORT export then has a single QuantizeLinear after the
-    reduce conv, so ONNX Runtime runs it as QLinearConv (with its own quantizer the tensor would carry two scales
-    and the conv would stay float; ONNX Runtime has no int8 ConvTranspose on CPU, so that one runs in float).
-    The weights stay float, so the TensorRT form turns it off (``quantize_input = False``: TensorRT fuses a
-    deconvolution only with both input and weights quantized). The input is quantized exactly while
-    ``quantize_input`` is set and ``source`` is enabled (a calibrating or float model computes the plain
-    ConvTranspose2d). See :func:`yolodeploy.quant.model.quantize_model`.
-    """
-
-    _source: list[TensorQuantizer]
-    quantize_input: bool = True
-
-    @classmethod
-    def from_conv_transpose(cls, module: nn.ConvTranspose2d, source: TensorQuantizer) -> QuantConvTranspose2d:
-        layer = cls(
-            module.in_channels, module.out_channels, module.kernel_size, module.stride, module.padding,
-            module.output_padding, module.groups, module.bias is not None, module.dilation, module.padding_mode,
-            device=module.weight.device, dtype=module.weight.dtype,
-        )  # fmt: skip
-        layer.load_state_dict(module.state_dict())
-        layer._source = [source]  # a list: a reference, not a child module (the state dict stays the plain one's)
-        return layer.train(module.training)
-
-    @property
-    def active(self) -> bool:
-        """Whether the input is quantized now (its source quantizer is enabled)."""
-        source = getattr(self, "_source", None)
-        return bool(source) and self.quantize_input and source[0].state is QuantState.ENABLED
-
-    def forward(self, x: Tensor, output_size: list[int] | None = None) -> Tensor:
-        return super().forward(self._source[0](x) if self.active else x, output_size)
 
 
 #: The fixed scale of a quantized sigmoid gate: uint8 codes 0..255 over its whole range [0, 1].
