@@ -350,10 +350,11 @@ def _export_checked(qmodel: nn.Module, run: _Run, stem: str, role: str) -> Path:
     from .export import build_qdq_graph, check_qdq_parity
 
     config, built = run.config, {}
-    for flavour in ("ort", "trt"):
+    paths = {flavour: run.out / f"{stem}_{flavour}.onnx" for flavour in ("ort", "trt")}
+    for flavour, path in paths.items():
         proto, report = build_qdq_graph(qmodel, img_size=config.img_size, flavour=flavour)
         if report.ort_ops is not None:
-            run.int8_convs[run.out / f"{stem}_ort.onnx"] = report.ort_ops.get("QLinearConv", 0)
+            run.int8_convs[path] = report.ort_ops.get("QLinearConv", 0)
         batches = calibration_batches(run.heldout, config.img_size, config.batch, border=config.border)
         parity = check_qdq_parity(qmodel, proto, batches, flavour=flavour)
         run.parity[f"{role}_{flavour}"] = parity.to_dict()
@@ -364,11 +365,10 @@ def _export_checked(qmodel: nn.Module, run: _Run, stem: str, role: str) -> Path:
             )
         built[flavour] = proto
     for flavour, proto in built.items():
-        path = run.out / f"{stem}_{flavour}.onnx"
-        with atomic_path(path) as tmp:
+        with atomic_path(paths[flavour]) as tmp:
             onnx.save(proto, str(tmp))
-        run.files[f"{role}_{flavour}_onnx"] = str(path)
-    return run.out / f"{stem}_ort.onnx"
+        run.files[f"{role}_{flavour}_onnx"] = str(paths[flavour])
+    return paths["ort"]
 
 
 def _rank_layers(qmodel: nn.Module, config: PTQConfig, images: list[Path], split: tuple[Path, Path]) -> list[str]:
