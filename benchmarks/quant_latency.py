@@ -1,36 +1,60 @@
 """ONNX Runtime CPU latency of several ONNX files, interleaved in one process (the README's quantization table).
 
 Usage:
-    python benchmarks/quant_latency.py --img 224 FP32.onnx INT8.onnx [MORE.onnx ...]
+    python benchmarks/quant_latency.py --img 224 FP32.onnx INT8.onnx [MORE.onnx ...] [--rounds 10] [--bs 1 --bs 32]
 
-Per batch size (1 with 20 calls per round, 32 with 3), one warm-up call per model, then 5 rounds in which every
-model runs one untimed call (ONNX Runtime's worker threads spin after a call and would slow the next model's first
-call) and then its timed calls in turn, so all models share the same background load; the figure is the median
-call time and the speed-up is relative to the FIRST file. ``OnnxRuntimeRunner`` with ``--threads`` (2), all graph
-optimizations, one random input per batch size shared by all models. Prints one line per model and batch size.
+Per batch size (1 with 20 calls per round, 32 with 3), one warm-up call per model, then ``--rounds`` rounds in
+which every model waits 0.1 s and runs one untimed call (ONNX Runtime's worker threads spin-wait after a call and
+would slow the next model's calls, as in ``quant_demo.py``) and then its timed calls in turn, so all models share
+the same background load. Per model: the median over rounds of its per-round median call time, and the speed-up
+over the FIRST file as the median of the per-round ratios, with their range (lowest-highest round). On a shared
+host the load drifts between rounds; a ratio taken inside one round cancels most of that drift, and the range
+shows how much is left. ``OnnxRuntimeRunner`` with ``--threads`` (2), all graph optimizations, one random input per
+batch size shared by all models. Prints one line per model and batch size.
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 
 import numpy as np
 
 from yolodeploy.bench.latency import time_interleaved
 from yolodeploy.deploy.runners import create_runner
 
-ROUNDS = 5
+ROUNDS = 10
 CALLS_PER_ROUND = {1: 20, 32: 3}
+PAUSE_S = 0.1  # before each model's calls in a round: the other sessions' worker threads stop spinning
 
 
-def time_models(paths: list[str], img: int, batch: int, calls: int, threads: int) -> dict[str, float]:
-    """Median milliseconds per call of each model, interleaved round by round."""
+def time_rounds(paths: list[str], img: int, batch: int, rounds: int, threads: int) -> dict[str, list[float]]:
+    """Per model, its median milliseconds per call in each round (rounds interleaved across the models)."""
     runners = [create_runner(path, "ort", threads=threads).activate() for path in paths]
     x = np.random.rand(batch, 3, img, img).astype(np.float32)
     feeds = [{next(iter(runner.input_metadata())): x} for runner in runners]
     fns = {path: (lambda r=runner, feed=feed: r.infer(feed)) for path, runner, feed in zip(paths, runners, feeds)}
-    stats = time_interleaved(fns, warmup=1, iters=ROUNDS, block=calls, settle=1)
-    return {path: value.p50_ms for path, value in stats.items()}
+    per_round: dict[str, list[float]] = {path: [] for path in paths}
+    for index in range(rounds):
+        stats = time_interleaved(
+            fns, warmup=int(index == 0), iters=1, block=CALLS_PER_ROUND[batch], settle=1, pause_s=PAUSE_S
+        )
+        for path, value in stats.items():
+            per_round[path].append(value.p50_ms)
+    return per_round
+
+
+def summary_lines(per_round: dict[str, list[float]], batch: int) -> list[str]:
+    """``bs1 FILE  ms  xSPEED-UP (LOW-HIGH)`` per model; the speed-up over the first file, per round."""
+    base = next(iter(per_round.values()))
+    lines = []
+    for path, times in per_round.items():
+        ratios = sorted(b / t for b, t in zip(base, times))
+        lines.append(
+            f"bs{batch} {path:40s} {statistics.median(times):8.2f} ms  x{statistics.median(ratios):.2f}"
+            f" ({ratios[0]:.2f}-{ratios[-1]:.2f})"
+        )
+    return lines
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -38,12 +62,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("models", nargs="+", help="ONNX files; the first is the baseline of the speed-up")
     parser.add_argument("--img", type=int, default=224)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=ROUNDS)
+    parser.add_argument("--bs", type=int, action="append", choices=sorted(CALLS_PER_ROUND), help="default: 1 and 32")
     args = parser.parse_args(argv)
-    for batch, calls in CALLS_PER_ROUND.items():
-        medians = time_models(args.models, args.img, batch, calls, args.threads)
-        base = medians[args.models[0]]
-        for path, ms in medians.items():
-            print(f"bs{batch} {path:40s} {ms:8.2f} ms  x{base / ms:.2f}")
+    if args.rounds < 1:
+        parser.error(f"--rounds must be >= 1, got {args.rounds}")
+    for batch in args.bs or sorted(CALLS_PER_ROUND):
+        print("\n".join(summary_lines(time_rounds(args.models, args.img, batch, args.rounds, args.threads), batch)))
     return 0
 
 

@@ -19,8 +19,10 @@
      give the class logits the box scale) -> ``eliminate_redundant_qdq(keep_conv_outputs=True)`` (keeps the
      conv-output Qs that make DQ -> Conv -> Q) -> ``fold_weight_quantizers`` (int8 weight initializers) ->
      ``quantize_pass_through_inputs`` (Q/DQ moved in front of Concat / MaxPool / nearest Resize, so each Relu or
-     Conv feeds one Q) -> ``merge_duplicate_quantizers`` -> ``to_uint8_activations`` last, so that every signed
-     pair, including the ones the earlier passes added, becomes uint8 zero point 128;
+     Conv feeds one Q) -> ``merge_duplicate_quantizers`` -> ``to_uint8_activations``, so that every signed
+     pair, including the ones the earlier passes added, becomes uint8 zero point 128 -> ``pad_conv_input_channels``
+     last (:mod:`yolodeploy.deploy.qdq_channels`: the 3-channel first conv gets a zero fourth channel, so ORT runs
+     it with its fast symmetric int8 kernel instead of im2col);
 
 4. the opset is checked again, ``onnx.checker`` (full check), and for the ``trt`` flavour
    ``check_trt_qdq_rules`` (the violations are returned in the report; ``strict=True`` refuses to write); for
@@ -63,6 +65,7 @@ from torch import Tensor, nn
 from ..deploy.export import INPUT_NAME, Exporter, name_io_dims, torch_to_onnx, warmup_forward
 from ..deploy.nms import RAW_OUTPUT_NAME
 from ..deploy.onnx_utils import check_opset
+from ..deploy.qdq_channels import pad_conv_input_channels
 from ..deploy.qdq_check import Violation, check_trt_qdq_rules
 from ..deploy.qdq_passes import (
     ORT_INT8_OPS,
@@ -224,7 +227,7 @@ def _ort_passes(proto: onnx.ModelProto) -> onnx.ModelProto:
     """The ``ort`` passes (module docstring, step 3), all exact."""
     proto = fold_weight_quantizers(eliminate_redundant_qdq(proto, keep_conv_outputs=True, int8_ops=ORT_INT8_OPS))
     proto = merge_duplicate_quantizers(quantize_pass_through_inputs(proto))
-    return to_uint8_activations(proto)
+    return pad_conv_input_channels(to_uint8_activations(proto))
 
 
 def ort_fusion_summary(model: str | os.PathLike | onnx.ModelProto, threads: int = 1) -> dict[str, int]:
