@@ -41,17 +41,19 @@ def _int8_weight(conv: gs.Node) -> tuple[gs.Node, np.ndarray] | None:
 
 
 def _needs_padding(conv: gs.Node, weight: np.ndarray, multiple: int) -> bool:
+    """A group-1 conv on DQ(Q(x)) with per-tensor constant qparams that the fast kernel would take once padded."""
     out_channels, in_channels = weight.shape[:2]
-    return (
+    shape_ok = (
         int(conv.attrs.get("group", 1)) == 1
         and in_channels % multiple != 0
         and out_channels >= MIN_OUTPUT_CHANNELS
         and out_channels % OUTPUT_CHANNEL_MULTIPLE == 0
-        and input_q(conv.inputs[0]) is not None
-        and zero_point_of(conv.inputs[0].inputs[0]) is not None
-        and scale_of(conv.inputs[0].inputs[0]) is not None
-        and scale_of(conv.inputs[0].inputs[0]).size == 1
     )
+    if not shape_ok or input_q(conv.inputs[0]) is None:
+        return False
+    dq = conv.inputs[0].inputs[0]
+    scale = scale_of(dq)
+    return scale is not None and scale.size == 1 and zero_point_of(dq) is not None
 
 
 def _pad_input(graph: gs.Graph, conv: gs.Node, rank: int, extra: int) -> None:
