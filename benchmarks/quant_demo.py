@@ -197,23 +197,38 @@ def measure_ap(path: str, split: tuple[str, str], args: argparse.Namespace) -> d
     return {"ap": float(metrics.ap), "ap50": float(metrics.ap50)}
 
 
-def measure_latency(paths: dict[str, str], calib: list[Path], args: argparse.Namespace) -> dict[str, dict]:
-    """Per batch size, interleaved latency stats of every model: ``{bs: {key: LatencyStats.to_dict()}}``."""
+def measure_latency(
+    paths: dict[str, str], calib: list[Path], args: argparse.Namespace, errors: dict[str, str] | None = None
+) -> dict[str, dict]:
+    """Per batch size, interleaved latency stats of every model: ``{bs: {key: LatencyStats.to_dict()}}``.
+
+    A file a runtime cannot load or run (one call on each batch size first) is left out of the rounds, and the
+    one-line reason goes into ``errors`` under its latency key."""
     from yolodeploy.bench.latency import time_interleaved
     from yolodeploy.deploy.export import INPUT_NAME
     from yolodeploy.deploy.runners import create_runner
+    from yolodeploy.errors import YoloDeployError
     from yolodeploy.quant.calibrate import calibration_batches
 
+    errors = {} if errors is None else errors
     results: dict[str, dict] = {}
+    feeds = {bs: {INPUT_NAME: next(calibration_batches(calib[:bs], args.img, batch=bs)).numpy()} for bs in args.bs}
     with contextlib.ExitStack() as stack:
         backends = ("ort", "openvino") if args.openvino else ("ort",)
-        runners = {
-            latency_key(key, backend): stack.enter_context(create_runner(path, backend, threads=args.threads))
-            for backend in backends
-            for key, path in paths.items()
-        }
+        runners = {}
+        for backend in backends:
+            for key, path in paths.items():
+                try:
+                    runner = stack.enter_context(create_runner(path, backend, threads=args.threads))
+                    for feed in feeds.values():
+                        runner.infer(feed)
+                except YoloDeployError as exc:
+                    errors[latency_key(key, backend)] = str(exc).splitlines()[0][:300]
+                    print(f"[latency] {latency_key(key, backend)} left out: {errors[latency_key(key, backend)]}")
+                    continue
+                runners[latency_key(key, backend)] = runner
         for bs in args.bs:
-            feed = {INPUT_NAME: next(calibration_batches(calib[:bs], args.img, batch=bs)).numpy()}
+            feed = feeds[bs]
             calls = {key: (lambda runner=runner, feed=feed: runner.infer(feed)) for key, runner in runners.items()}
             print(f"[latency] bs {bs}: {len(calls)} models x {args.iters} rounds", flush=True)
             stats = time_interleaved(
@@ -240,7 +255,9 @@ def build_rows(models: dict[str, dict], latency: dict[str, dict]) -> dict[str, d
             row["latency_ms"] = {bs: per[key]["p50_ms"] for bs, per in latency.items() if key in per}
             row["latency_stats"] = {bs: per[key] for bs, per in latency.items() if key in per}
             row["speedup_vs_fp32"] = {
-                bs: per["fp32"]["p50_ms"] / per[key]["p50_ms"] for bs, per in latency.items() if "fp32" in per
+                bs: per["fp32"]["p50_ms"] / per[key]["p50_ms"]
+                for bs, per in latency.items()
+                if "fp32" in per and key in per
             }
         rows[key] = row
     return rows
@@ -308,6 +325,8 @@ def markdown(record: dict[str, Any]) -> str:
     lines += [f"- `{key}`: `{row.get('command')}`" for key, row in record["rows"].items()]
     if record.get("openvino"):
         lines += ["", *openvino_markdown(record["openvino"], sizes, record["environment"])]
+    if record.get("latency_errors"):
+        lines += ["", "Not timed:", ""] + [f"- `{key}`: {why}" for key, why in record["latency_errors"].items()]
     return "\n".join(lines) + "\n"
 
 
@@ -424,7 +443,8 @@ def main(argv: list[str] | None = None) -> int:
         models[name] = run_peer(name, Path(fp32), args)
     paths = {key: row["onnx"] for key, row in models.items() if "onnx" in row}
     measure_all_ap(models, paths, args)
-    latency = measure_latency(paths, calib, args)
+    latency_errors: dict[str, str] = {}
+    latency = measure_latency(paths, calib, args, latency_errors)
     rows = build_rows(models, latency)
     record = {
         "version": 1, "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -436,6 +456,8 @@ def main(argv: list[str] | None = None) -> int:
     }  # fmt: skip
     if args.openvino:
         record["openvino"] = openvino_rows(latency)
+    if latency_errors:
+        record["latency_errors"] = latency_errors
     md_path = write_results(record, Path(args.json))
     print(md_path.read_text())
     print(f"wrote {args.json} and {md_path}")

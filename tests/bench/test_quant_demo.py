@@ -57,3 +57,24 @@ def test_openvino_rows_and_table_from_one_interleaved_run(quant_demo):
     table = quant_demo.openvino_markdown(rows, ["1"], {"openvino": "2026.4.1"})
     assert "| ours: PTQ | 3.00 (3.33×, 3.00×) |" in table
     assert quant_demo.latency_key("ptq", "ort") == "ptq" and quant_demo.latency_key("ptq", "openvino") == "ptq@openvino"
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # the TorchScript exporter's, not ours
+def test_latency_leaves_out_a_file_the_runtime_cannot_run(quant_demo, tmp_path):
+    import argparse
+
+    import torch
+    from PIL import Image
+
+    good, bad = tmp_path / "good.onnx", tmp_path / "bad.onnx"
+    torch.onnx.export(torch.nn.Conv2d(3, 4, 3), torch.zeros(1, 3, 16, 16), good, dynamo=False,
+                      input_names=["images"], dynamic_axes={"images": {0: "batch"}})  # fmt: skip
+    bad.write_bytes(b"not an onnx file")
+    image = tmp_path / "a.jpg"
+    Image.new("RGB", (20, 12), (120, 60, 30)).save(image)
+    args = argparse.Namespace(bs=[1], img=16, threads=1, openvino=False, warmup=1, iters=1, block=1)
+    errors: dict[str, str] = {}
+    latency = quant_demo.measure_latency({"fp32": str(good), "ptq": str(bad)}, [image], args, errors)
+    assert list(latency["1"]) == ["fp32"] and list(errors) == ["ptq"] and "\n" not in errors["ptq"]
+    rows = quant_demo.build_rows({"fp32": {}, "ptq": {}}, latency)
+    assert rows["ptq"]["latency_ms"] == {} and rows["fp32"]["speedup_vs_fp32"] == {"1": 1.0}
