@@ -223,7 +223,7 @@ def measure_latency(
                     for feed in feeds.values():
                         runner.infer(feed)
                 except YoloDeployError as exc:
-                    errors[latency_key(key, backend)] = str(exc).splitlines()[0][:300]
+                    errors[latency_key(key, backend)] = " ".join(str(exc).split())[:600]  # one line, the cause kept
                     print(f"[latency] {latency_key(key, backend)} left out: {errors[latency_key(key, backend)]}")
                     continue
                 runners[latency_key(key, backend)] = runner
