@@ -218,15 +218,16 @@ def measure_latency(
         runners = {}
         for backend in backends:
             for key, path in paths.items():
+                name = latency_key(key, backend)
                 try:
                     runner = stack.enter_context(create_runner(path, backend, threads=args.threads))
                     for feed in feeds.values():
                         runner.infer(feed)
                 except YoloDeployError as exc:
-                    errors[latency_key(key, backend)] = " ".join(str(exc).split())[:600]  # one line, the cause kept
-                    print(f"[latency] {latency_key(key, backend)} left out: {errors[latency_key(key, backend)]}")
+                    errors[name] = " ".join(str(exc).split())[:600]  # one line, the cause kept
+                    print(f"[latency] {name} left out: {errors[name]}")
                     continue
-                runners[latency_key(key, backend)] = runner
+                runners[name] = runner
         for bs in args.bs:
             feed = feeds[bs]
             calls = {key: (lambda runner=runner, feed=feed: runner.infer(feed)) for key, runner in runners.items()}

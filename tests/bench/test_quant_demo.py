@@ -1,11 +1,15 @@
-"""benchmarks/quant_demo.py: the commands of our four rows and how a run folder's files are found (no runs)."""
+"""benchmarks/quant_demo.py: the commands of our four rows, how a run folder's files are found (no runs), the
+record's rows, and the latency phase on two tiny files (one unloadable)."""
 
 from __future__ import annotations
 
+import argparse
 import json
 
 import pytest
+import torch
 from conftest import load_benchmark
+from PIL import Image
 
 
 @pytest.fixture(scope="module")
@@ -61,11 +65,6 @@ def test_openvino_rows_and_table_from_one_interleaved_run(quant_demo):
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")  # the TorchScript exporter's, not ours
 def test_latency_leaves_out_a_file_the_runtime_cannot_run(quant_demo, tmp_path):
-    import argparse
-
-    import torch
-    from PIL import Image
-
     good, bad = tmp_path / "good.onnx", tmp_path / "bad.onnx"
     torch.onnx.export(torch.nn.Conv2d(3, 4, 3), torch.zeros(1, 3, 16, 16), good, dynamo=False,
                       input_names=["images"], dynamic_axes={"images": {0: "batch"}})  # fmt: skip
