@@ -19,7 +19,7 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from .qdq_passes import _export, _import, _new_constant, _new_node, const_value, input_q, scale_of, zero_point_of
+from .qdq_graph import const_value, export_graph, import_graph, input_q, new_constant, new_node, scale_of, zero_point_of
 
 __all__ = ["CHANNEL_MULTIPLE", "pad_conv_input_channels"]
 
@@ -62,19 +62,19 @@ def _pad_input(graph: gs.Graph, conv: gs.Node, rank: int, extra: int) -> None:
     quantized, scale, zero_point = dq.inputs[0], dq.inputs[1], dq.inputs[2]
     pads = np.zeros(2 * rank, np.int64)
     pads[rank + 1] = extra  # end of axis 1 (channels)
-    pad_amounts = _new_constant(graph, f"{quantized.name}_channel_pads", pads)
-    pad = _new_node(graph, "Pad", quantized, [pad_amounts, zero_point], const_value(zero_point).dtype)
+    pad_amounts = new_constant(graph, f"{quantized.name}_channel_pads", pads)
+    pad = new_node(graph, "Pad", quantized, [pad_amounts, zero_point], const_value(zero_point).dtype)
     pad.attrs["mode"] = "constant"
-    new_dq = _new_node(graph, "DequantizeLinear", pad.outputs[0], [scale, zero_point], np.float32)
+    new_dq = new_node(graph, "DequantizeLinear", pad.outputs[0], [scale, zero_point], np.float32)
     conv.inputs[0] = new_dq.outputs[0]
 
 
 def _pad_weight(graph: gs.Graph, conv: gs.Node, weight_dq: gs.Node, weight: np.ndarray, extra: int) -> None:
     """Append ``extra`` zero input channels to the conv's integer weight (a new DQ if another node shares it)."""
     zeros = np.zeros((weight.shape[0], extra, *weight.shape[2:]), weight.dtype)
-    padded = _new_constant(graph, f"{weight_dq.inputs[0].name}_channel_padded", np.concatenate([weight, zeros], 1))
+    padded = new_constant(graph, f"{weight_dq.inputs[0].name}_channel_padded", np.concatenate([weight, zeros], 1))
     if len(weight_dq.outputs[0].outputs) > 1:
-        own = _new_node(graph, "DequantizeLinear", padded, list(weight_dq.inputs[1:]), np.float32)
+        own = new_node(graph, "DequantizeLinear", padded, list(weight_dq.inputs[1:]), np.float32)
         own.attrs.update(weight_dq.attrs)
         conv.inputs[1] = own.outputs[0]
     else:
@@ -90,7 +90,7 @@ def pad_conv_input_channels(model: onnx.ModelProto, multiple: int = CHANNEL_MULT
     Example:
         >>> fast = pad_conv_input_channels(onnx.load("yolov6n_int8_ort.onnx"))  # the 3-channel stem gets 4
     """
-    graph = _import(model)
+    graph = import_graph(model)
     for conv in [node for node in graph.nodes if node.op == "Conv"]:
         found = _int8_weight(conv)
         if found is None or not _needs_padding(conv, found[1], multiple):
@@ -100,4 +100,4 @@ def pad_conv_input_channels(model: onnx.ModelProto, multiple: int = CHANNEL_MULT
         _pad_input(graph, conv, weight.ndim, extra)
         _pad_weight(graph, conv, weight_dq, weight, extra)
     graph.toposort()
-    return _export(graph, model)
+    return export_graph(graph, model)

@@ -37,8 +37,7 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from .qdq_passes import (
-    PASS_THROUGH_OPS,
+from .qdq_graph import (
     const_value,
     dq_consumers,
     input_q,
@@ -48,6 +47,7 @@ from .qdq_passes import (
     scale_of,
     zero_point_of,
 )
+from .qdq_passes import PASS_THROUGH_OPS
 
 __all__ = ["Violation", "RULES", "check_trt_qdq_rules"]
 

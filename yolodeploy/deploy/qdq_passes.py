@@ -15,6 +15,8 @@ a changed scale is written as a new initializer (the orphaned ``Constant`` node 
 * :func:`to_uint8_activations` rewrites symmetric int8 activations to uint8 with zero point 128 (lossless), the
   flavour ONNX Runtime's fast x86 kernels want; activations already uint8 (zero point 0) are left alone.
 
+Graph helpers (reading constants and qparams, adding nodes) live in :mod:`yolodeploy.deploy.qdq_graph`.
+
 Terms: an *activation Q* is a QuantizeLinear whose data input is not a constant; a *pair* is one Q and all the
 DequantizeLinear nodes that consume it; a tensor is *quantized* when its producer is a DQ fed by an activation Q.
 
@@ -33,6 +35,23 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
+
+from .qdq_graph import (
+    const_value,
+    dq_consumers,
+    export_graph,
+    import_graph,
+    input_q,
+    is_activation_q,
+    new_constant,
+    new_node,
+    node_label,
+    output_qs,
+    replace_input,
+    same_values,
+    scale_of,
+    zero_point_of,
+)
 
 __all__ = [
     "INT8_CONSUMER_OPS",
@@ -92,107 +111,6 @@ VALUE_SELECTING_OPS = frozenset(
         "Identity",
     }
 )
-
-
-# ----------------------------------------------------------------------------------------------- graph helpers
-def _import(model: onnx.ModelProto) -> gs.Graph:
-    copy = onnx.ModelProto()
-    copy.CopyFrom(model)
-    return gs.import_onnx(copy)
-
-
-def _export(graph: gs.Graph, like: onnx.ModelProto) -> onnx.ModelProto:
-    graph.cleanup()
-    out = gs.export_onnx(graph, do_type_check=False)
-    del out.opset_import[:]
-    out.opset_import.extend(like.opset_import)
-    out.ir_version = like.ir_version
-    out.producer_name, out.producer_version = like.producer_name, like.producer_version
-    out.metadata_props.extend(like.metadata_props)
-    onnx.checker.check_model(out)
-    return out
-
-
-def const_value(tensor: gs.Tensor | None) -> np.ndarray | None:
-    """The value of an initializer or of a ``Constant`` node's output (also behind Identity), else None."""
-    if tensor is None:
-        return None
-    if isinstance(tensor, gs.Constant):
-        return np.asarray(tensor.values)
-    producer = tensor.inputs[0] if tensor.inputs else None
-    if producer is not None and producer.op == "Identity":  # the TorchScript exporter shares constants this way
-        return const_value(producer.inputs[0])
-    if producer is None or producer.op != "Constant":
-        return None
-    for key, value in producer.attrs.items():
-        if key == "value":
-            return np.asarray(value.values)
-        if key in ("value_float", "value_floats"):
-            return np.asarray(value, dtype=np.float32)
-        if key in ("value_int", "value_ints"):
-            return np.asarray(value, dtype=np.int64)
-    return None
-
-
-def is_activation_q(node: gs.Node) -> bool:
-    """True for a QuantizeLinear whose data input is not a constant."""
-    return node.op == "QuantizeLinear" and const_value(node.inputs[0]) is None
-
-
-def dq_consumers(q: gs.Node) -> list[gs.Node]:
-    """The DequantizeLinear nodes fed by ``q`` (other consumers are ignored)."""
-    return [node for node in q.outputs[0].outputs if node.op == "DequantizeLinear"]
-
-
-def input_q(tensor: gs.Tensor) -> gs.Node | None:
-    """The activation Q behind ``tensor`` when it is the output of DQ(Q(x)), else None."""
-    dq = tensor.inputs[0] if tensor.inputs else None
-    if dq is None or dq.op != "DequantizeLinear":
-        return None
-    q = dq.inputs[0].inputs[0] if dq.inputs[0].inputs else None
-    return q if q is not None and is_activation_q(q) else None
-
-
-def output_qs(tensor: gs.Tensor) -> list[gs.Node]:
-    """The activation Qs that consume ``tensor`` directly (as their data input)."""
-    return [node for node in tensor.outputs if node.op == "QuantizeLinear" and node.inputs[0] is tensor]
-
-
-def scale_of(node: gs.Node) -> np.ndarray | None:
-    """The constant scale of a Q/DQ node (None when computed at run time)."""
-    return const_value(node.inputs[1])
-
-
-def zero_point_of(node: gs.Node) -> np.ndarray | None:
-    """The constant zero point of a Q/DQ node (None when absent or computed)."""
-    return const_value(node.inputs[2]) if len(node.inputs) > 2 else None
-
-
-def node_label(node: gs.Node) -> str:
-    """The node's name, or ``<Op -> first output>`` for unnamed nodes."""
-    return node.name or f"<{node.op} -> {node.outputs[0].name if node.outputs else '?'}>"
-
-
-def same_values(a: np.ndarray | None, b: np.ndarray | None) -> bool:
-    """Equal dtype and values, treating shapes ``()`` and ``(1,)`` alike (both mean per-tensor)."""
-    if a is None or b is None:
-        return a is None and b is None
-    return a.dtype == b.dtype and a.size == b.size and np.array_equal(a.reshape(-1), b.reshape(-1))
-
-
-def _new_constant(graph: gs.Graph, hint: str, values: np.ndarray) -> gs.Constant:
-    names = set(graph.tensors())
-    name, index = hint, 0
-    while name in names:
-        index += 1
-        name = f"{hint}_{index}"
-    return gs.Constant(name, np.array(values, copy=True))  # keeps 0-d (ascontiguousarray would not)
-
-
-def _replace_input(node: gs.Node, old: gs.Tensor, new: gs.Tensor) -> None:
-    for index, tensor in enumerate(node.inputs):
-        if tensor is old:
-            node.inputs[index] = new
 
 
 def _is_int8_zero(zero_point: np.ndarray | None) -> bool:
@@ -309,7 +227,7 @@ def tie_scales_report(model: onnx.ModelProto) -> tuple[onnx.ModelProto, TieScale
     Returns:
         The new model and a :class:`TieScalesReport`.
     """
-    graph = _import(model)
+    graph = import_graph(model)
     groups = _collect_groups(graph)
     tied, skipped = [], []
     for group in groups.groups():
@@ -319,13 +237,13 @@ def tie_scales_report(model: onnx.ModelProto) -> tuple[onnx.ModelProto, TieScale
             continue
         changed = [q for q in group if not same_values(scale_of(q), scale)]
         if changed:
-            constant = _new_constant(graph, f"{group[0].outputs[0].name}_tied_scale", scale)
+            constant = new_constant(graph, f"{group[0].outputs[0].name}_tied_scale", scale)
             for q in changed:
                 for node in [q, *dq_consumers(q)]:
                     node.inputs[1] = constant
         labels = tuple(node_label(q) for q in group)
         tied.append(TiedGroup(labels, float(scale.reshape(-1)[0]), tuple(node_label(q) for q in changed)))
-    return _export(graph, model), TieScalesReport(tuple(tied), tuple(skipped))
+    return export_graph(graph, model), TieScalesReport(tuple(tied), tuple(skipped))
 
 
 def tie_scales(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -353,7 +271,7 @@ def _collapse_requantization(graph: gs.Graph) -> bool:
         if q1 is None or not _same_quantization(q1, q2) or not _same_quantization(q1, q2.inputs[0].inputs[0]):
             continue
         for consumer in list(q2.outputs[0].outputs):
-            _replace_input(consumer, q2.outputs[0], q1.outputs[0])
+            replace_input(consumer, q2.outputs[0], q1.outputs[0])
         q2.inputs.clear()
         q2.outputs.clear()
         return True
@@ -386,13 +304,13 @@ def _bypass_pair(graph: gs.Graph, q: gs.Node) -> bool:
     q.outputs.clear()
     if keep is not source:  # the source's producer now writes the graph output directly
         for consumer in list(source.outputs):
-            _replace_input(consumer, source, keep)
+            replace_input(consumer, source, keep)
         producer = source.inputs[0]
         producer.outputs[producer.outputs.index(source)] = keep
     for tensor in outputs:
         if tensor is not keep:
             for consumer in list(tensor.outputs):
-                _replace_input(consumer, tensor, keep)
+                replace_input(consumer, tensor, keep)
     return True
 
 
@@ -426,7 +344,7 @@ def eliminate_redundant_qdq(
         >>> lean = eliminate_redundant_qdq(onnx.load("model_qdq.onnx"))
         >>> ort_lean = eliminate_redundant_qdq(onnx.load("model_qdq.onnx"), keep_conv_outputs=True)
     """
-    graph = _import(model)
+    graph = import_graph(model)
     while _collapse_requantization(graph):
         graph.cleanup()
     for q in [node for node in graph.nodes if is_activation_q(node)]:
@@ -434,7 +352,7 @@ def eliminate_redundant_qdq(
             continue
         if q.outputs and _feeds_only_float(graph, q, int8_ops):
             _bypass_pair(graph, q)
-    return _export(graph, model)
+    return export_graph(graph, model)
 
 
 # ------------------------------------------------------------------------------------- merge_duplicate_quantizers
@@ -455,7 +373,7 @@ def _qparams_key(node: gs.Node) -> tuple | None:
 
 def _redirect(old: gs.Tensor, new: gs.Tensor) -> None:
     for consumer in list(old.outputs):
-        _replace_input(consumer, old, new)
+        replace_input(consumer, old, new)
 
 
 def _merge_nodes(nodes: list[gs.Node], graph_ids: set[int]) -> None:
@@ -493,9 +411,9 @@ def merge_duplicate_quantizers(model: onnx.ModelProto, *, dequantizers: bool = T
     Example:
         >>> merged = merge_duplicate_quantizers(onnx.load("model_qdq.onnx"))
     """
-    graph = _import(model)
+    graph = import_graph(model)
     _merge_duplicates(graph, dequantizers)
-    return _export(graph, model)
+    return export_graph(graph, model)
 
 
 # ----------------------------------------------------------------------------------- quantize_pass_through_inputs
@@ -537,24 +455,13 @@ def _quantized_with(tensor: gs.Tensor, params: list[gs.Tensor]) -> bool:
     return q is not None and _qparams_key(q) == key and _qparams_key(tensor.inputs[0]) == key
 
 
-def _new_node(graph: gs.Graph, op: str, source: gs.Tensor, params: list[gs.Tensor], dtype: np.dtype) -> gs.Node:
-    names = set(graph.tensors())
-    name, index = f"{source.name}_{op}", 0
-    while name in names:
-        index += 1
-        name = f"{source.name}_{op}_{index}"
-    output = gs.Variable(name, dtype=dtype)
-    graph.nodes.append(gs.Node(op, name=f"{name}_node", inputs=[source, *params], outputs=[output]))
-    return graph.nodes[-1]
-
-
 def _dequantized(graph: gs.Graph, tensor: gs.Tensor, params: list[gs.Tensor]) -> gs.Tensor:
     """DQ(Q(tensor)) with these qparams, reusing a Q / DQ already there."""
     key, graph_ids = _params_key(params), {id(t) for t in graph.outputs}
     same = [q for q in output_qs(tensor) if is_activation_q(q) and _qparams_key(q) == key]
-    q = same[0] if same else _new_node(graph, "QuantizeLinear", tensor, params, const_value(params[1]).dtype)
+    q = same[0] if same else new_node(graph, "QuantizeLinear", tensor, params, const_value(params[1]).dtype)
     dqs = [dq for dq in dq_consumers(q) if _qparams_key(dq) == key and id(dq.outputs[0]) not in graph_ids]
-    dq = dqs[0] if dqs else _new_node(graph, "DequantizeLinear", q.outputs[0], params, np.float32)
+    dq = dqs[0] if dqs else new_node(graph, "DequantizeLinear", q.outputs[0], params, np.float32)
     return dq.outputs[0]
 
 
@@ -571,7 +478,7 @@ def _input_params(graph: gs.Graph, tensor: gs.Tensor, template: gs.Node, cache: 
     if not _is_int8_zero(zero_point):
         return [params]
     if zero_point.shape not in cache:
-        cache[zero_point.shape] = _new_constant(graph, "zero_point_u8", np.zeros(zero_point.shape, np.uint8))
+        cache[zero_point.shape] = new_constant(graph, "zero_point_u8", np.zeros(zero_point.shape, np.uint8))
     unsigned = [params[0], cache[zero_point.shape]]
     relu = bool(tensor.inputs) and tensor.inputs[0].op == "Relu"
     signed_q = any(_qparams_key(q) == _params_key(params) for q in output_qs(tensor))
@@ -597,7 +504,7 @@ def quantize_pass_through_inputs(model: onnx.ModelProto) -> onnx.ModelProto:
     Example:
         >>> ort_ready = quantize_pass_through_inputs(onnx.load("model_qdq.onnx"))
     """
-    graph = _import(model)
+    graph = import_graph(model)
     graph_ids, memo = {id(tensor) for tensor in graph.outputs}, {}
     plans = [(node, _final_q(node.outputs[0], graph_ids, memo)) for node in graph.nodes if _selects_values(node)]
     cache: dict = {}
@@ -610,7 +517,7 @@ def quantize_pass_through_inputs(model: onnx.ModelProto) -> onnx.ModelProto:
                 node.inputs[index] = _dequantized(graph, node.inputs[index], choices[0])
     _merge_duplicates(graph, dequantizers=False)
     graph.toposort()
-    return _export(graph, model)
+    return export_graph(graph, model)
 
 
 # ------------------------------------------------------------------------------------------ to_uint8_activations
@@ -625,7 +532,7 @@ def to_uint8_activations(model: onnx.ModelProto) -> onnx.ModelProto:
     Example:
         >>> ort_model = to_uint8_activations(onnx.load("model_qdq.onnx"))
     """
-    graph = _import(model)
+    graph = import_graph(model)
     graph_ids = {id(tensor) for tensor in graph.outputs}
     for q in [node for node in graph.nodes if is_activation_q(node)]:
         dqs = list(q.outputs[0].outputs)
@@ -635,11 +542,11 @@ def to_uint8_activations(model: onnx.ModelProto) -> onnx.ModelProto:
         if not all(_is_int8_zero(zero_point_of(node)) for node in pair):
             continue
         shifted = np.full(zero_point_of(q).shape, 128, dtype=np.uint8)
-        constant = _new_constant(graph, f"{q.outputs[0].name}_zero_point_u8", shifted)
+        constant = new_constant(graph, f"{q.outputs[0].name}_zero_point_u8", shifted)
         for node in pair:
             node.inputs[2] = constant
         q.outputs[0].dtype = np.uint8
-    return _export(graph, model)
+    return export_graph(graph, model)
 
 
 def _quantize_constant(values: np.ndarray, q: gs.Node) -> np.ndarray:
@@ -666,13 +573,13 @@ def fold_weight_quantizers(model: onnx.ModelProto) -> onnx.ModelProto:
     Example:
         >>> fast = fold_weight_quantizers(onnx.load("model_qdq.onnx"))
     """
-    graph = _import(model)
+    graph = import_graph(model)
     for q in [node for node in graph.nodes if node.op == "QuantizeLinear" and not is_activation_q(node)]:
         values = const_value(q.inputs[0])
         if values is None or scale_of(q) is None or zero_point_of(q) is None:
             continue
-        constant = _new_constant(graph, f"{q.outputs[0].name}_folded", _quantize_constant(values, q))
+        constant = new_constant(graph, f"{q.outputs[0].name}_folded", _quantize_constant(values, q))
         for consumer in list(q.outputs[0].outputs):
-            _replace_input(consumer, q.outputs[0], constant)
+            replace_input(consumer, q.outputs[0], constant)
         q.outputs.clear()
-    return _export(graph, model)
+    return export_graph(graph, model)
