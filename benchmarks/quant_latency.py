@@ -10,13 +10,17 @@ the same background load. Per model: the median over rounds of its per-round med
 over the FIRST file as the median of the per-round ratios, with their range (lowest-highest round). On a shared
 host the load drifts between rounds; a ratio taken inside one round cancels most of that drift, and the range
 shows how much is left. ``OnnxRuntimeRunner`` with ``--threads`` (2), all graph optimizations, one random input per
-batch size shared by all models. Prints one line per model and batch size.
+batch size shared by all models. Prints one line per model and batch size; ``--json FILE`` also writes them, with
+the per-round times, the command and the machine (CPU model and SIMD flags: the ratios depend on the CPU).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import shlex
 import statistics
+import sys
 
 import numpy as np
 
@@ -44,17 +48,41 @@ def time_rounds(paths: list[str], img: int, batch: int, rounds: int, threads: in
     return per_round
 
 
-def summary_lines(per_round: dict[str, list[float]], batch: int) -> list[str]:
-    """``bs1 FILE  ms  xSPEED-UP (LOW-HIGH)`` per model; the speed-up over the first file, per round."""
+def summarize(per_round: dict[str, list[float]]) -> dict[str, dict]:
+    """Per model: median ms, and the speed-up over the first file as the median (low, high) of per-round ratios."""
     base = next(iter(per_round.values()))
-    lines = []
+    summary = {}
     for path, times in per_round.items():
         ratios = sorted(b / t for b, t in zip(base, times))
-        lines.append(
-            f"bs{batch} {path:40s} {statistics.median(times):8.2f} ms  x{statistics.median(ratios):.2f}"
-            f" ({ratios[0]:.2f}-{ratios[-1]:.2f})"
-        )
-    return lines
+        summary[path] = {"median_ms": statistics.median(times), "speedup": statistics.median(ratios),
+                         "speedup_low": ratios[0], "speedup_high": ratios[-1], "per_round_ms": times}  # fmt: skip
+    return summary
+
+
+def summary_lines(per_round: dict[str, list[float]], batch: int) -> list[str]:
+    """``bs1 FILE  ms  xSPEED-UP (LOW-HIGH)`` per model; the speed-up over the first file, per round."""
+    return [
+        f"bs{batch} {path:40s} {row['median_ms']:8.2f} ms  x{row['speedup']:.2f}"
+        f" ({row['speedup_low']:.2f}-{row['speedup_high']:.2f})"
+        for path, row in summarize(per_round).items()
+    ]
+
+
+def write_record(path: str, args: argparse.Namespace, results: dict[int, dict[str, list[float]]]) -> None:
+    from yolodeploy.bench.env import capture_environment
+    from yolodeploy.utils.io import atomic_write_text
+
+    record = {
+        "command": shlex.join(["python", "benchmarks/quant_latency.py", *sys.argv[1:]]),
+        "img_size": args.img,
+        "threads": args.threads,
+        "rounds": args.rounds,
+        "baseline": args.models[0],
+        "batches": {f"bs{batch}": summarize(per_round) for batch, per_round in results.items()},
+        "environment": capture_environment(),
+    }
+    atomic_write_text(path, json.dumps(record, indent=1) + "\n")
+    print(f"wrote {path}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -64,11 +92,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=ROUNDS)
     parser.add_argument("--bs", type=int, action="append", choices=sorted(CALLS_PER_ROUND), help="default: 1 and 32")
+    parser.add_argument("--json", help="also write the figures (and the machine) to this file")
     args = parser.parse_args(argv)
     if args.rounds < 1:
         parser.error(f"--rounds must be >= 1, got {args.rounds}")
+    results = {}
     for batch in args.bs or sorted(CALLS_PER_ROUND):
-        print("\n".join(summary_lines(time_rounds(args.models, args.img, batch, args.rounds, args.threads), batch)))
+        results[batch] = time_rounds(args.models, args.img, batch, args.rounds, args.threads)
+        print("\n".join(summary_lines(results[batch], batch)))
+    if args.json:
+        write_record(args.json, args, results)
     return 0
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from conftest import load_benchmark
@@ -28,8 +30,15 @@ def test_end_to_end_on_a_tiny_onnx_pair(quant_latency, tmp_path, capsys):
         torch.onnx.export(nn.Conv2d(3, width, 3), torch.zeros(1, 3, 16, 16), path, dynamo=False,
                           input_names=["images"], dynamic_axes={"images": {0: "batch"}})  # fmt: skip
         paths.append(str(path))
-    assert quant_latency.main([*paths, "--img", "16", "--rounds", "2", "--bs", "1", "--threads", "1"]) == 0
+    record = tmp_path / "latency.json"
+    argv = [*paths, "--img", "16", "--rounds", "2", "--bs", "1", "--threads", "1", "--json", str(record)]
+    assert quant_latency.main(argv) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert [line.split()[:2] for line in lines] == [["bs1", paths[0]], ["bs1", paths[1]]]
+    assert [line.split()[:2] for line in lines[:2]] == [["bs1", paths[0]], ["bs1", paths[1]]]
+    assert lines[2] == f"wrote {record}"
+    data = json.loads(record.read_text())
+    assert data["baseline"] == paths[0] and data["rounds"] == 2 and data["environment"]["cpu"]
+    rows = data["batches"]["bs1"]
+    assert rows[paths[0]]["speedup"] == 1.0 and len(rows[paths[1]]["per_round_ms"]) == 2
     with pytest.raises(SystemExit):
         quant_latency.main([*paths, "--rounds", "0"])

@@ -83,7 +83,9 @@ def test_env_prints_backends():
     assert tensorrt["available"] or "pip install yolodeploy[tensorrt]" in tensorrt["reason"]
 
 
-def test_build_engine_int8_on_ort_counts_int8_kernels(tmp_path):
+@pytest.fixture(scope="module")
+def qdq_ort(tmp_path_factory):
+    """A calibrated yolov6n (random weights) as ORT-flavour Q/DQ ONNX at 64 px, dynamic batch."""
     from yolodeploy.models import create_model
     from yolodeploy.quant.calibrate import calibrate
     from yolodeploy.quant.export import export_qdq_onnx
@@ -92,13 +94,41 @@ def test_build_engine_int8_on_ort_counts_int8_kernels(tmp_path):
     torch.manual_seed(0)
     qmodel = quantize_model(create_model("yolov6n", num_classes=2))
     calibrate(qmodel, [torch.rand(2, 3, 64, 64)])
-    qdq = export_qdq_onnx(qmodel, tmp_path / "q_ort.onnx", img_size=64, flavour="ort")
+    return export_qdq_onnx(qmodel, tmp_path_factory.mktemp("q") / "q_ort.onnx", img_size=64, flavour="ort")
+
+
+def test_build_engine_int8_on_ort_counts_int8_kernels(qdq_ort, tmp_path):
     out = tmp_path / "q.ort.onnx"
-    result = run_cli("build-engine", str(qdq), "--int8", "--backend", "ort", "-o", str(out))
+    result = run_cli("build-engine", str(qdq_ort), "--int8", "--backend", "ort", "-o", str(out))
     assert result.exit_code == 0, result.output
     assert out.is_file() and "int8 kernels (ORT CPU" in result.output
     kernels = result.output.split("int8 kernels")[1]
     assert int(kernels.split("QLinearConv ")[1].split(",")[0]) >= 60  # of 69 quantized convs
+
+
+def test_build_engine_int8_on_ort_tunes_conv_kernels_exactly(qdq_ort, tmp_path):
+    out = tmp_path / "tuned.ort.onnx"
+    result = run_cli("build-engine", str(qdq_ort), "--int8", "--backend", "ort", "--tune-bs", "2", "--threads", "1",
+                     "-o", str(out))  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "conv kernels tuned at batch 2: GEMM kernel for" in result.output
+    tactics = json.loads((tmp_path / "tuned.ort.onnx.json").read_text())["conv_tactics"]
+    assert tactics["batch"] == 2 and tactics["timed"] >= 50 and len(tactics["convs"]) == tactics["timed"]
+    assert tactics["gemm_chosen"] == sum(c["gemm_chosen"] for c in tactics["convs"])
+    assert all(c["input_shape"][0] == 2 and c["symmetric_us"] > 0 < c["gemm_us"] for c in tactics["convs"])
+    x = np.random.default_rng(0).random((2, 3, 64, 64), dtype=np.float32)
+    outputs = []
+    for path in (qdq_ort, out):
+        with OnnxRuntimeRunner(path, threads=1) as runner:
+            outputs.append(runner.infer({"images": x})["outputs"])
+    np.testing.assert_array_equal(outputs[1], outputs[0])  # whichever kernels were chosen
+
+
+def test_tune_bs_needs_int8_on_ort(qdq_ort, tmp_path):
+    for backend in (["--backend", "ort"], ["--backend", "openvino", "--int8"]):
+        result = run_cli("build-engine", str(qdq_ort), *backend, "--tune-bs", "1", "-o", str(tmp_path / "x.onnx"))
+        assert_one_line_error(result, "--tune-bs applies to --backend ort --int8 only")
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_build_engine_int8_on_ort_refuses_a_float_graph(tiny, tmp_path):

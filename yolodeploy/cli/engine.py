@@ -42,13 +42,21 @@ TRT_OPTIONS = ("fp16", "bs", "opt_bs", "min_shape", "opt_shape", "max_shape", "w
     help="ort: graph optimization level to save (all adds CPU-specific layouts).",
 )
 @click.option("--threads", type=int, help="ort: intra-op threads of the optimizing session.")
+@click.option(
+    "--tune-bs",
+    type=int,
+    help="ort --int8: time ONNX Runtime's two int8 conv kernels per conv at this batch on this machine and keep "
+    "the faster (exact; the file is then tuned for this CPU).",
+)
 def build_engine_command(onnx_path: str, output: str | None, backend: str, no_inspect: bool, **options) -> None:
     """Build a TensorRT engine from MODEL.onnx: the plan, its <engine>.json sidecar and <engine>.layers.json.
     With --backend ort, save ONNX Runtime's optimized graph instead (--level; MODEL.ort.onnx + sidecar); with
     --backend openvino, OpenVINO IR (MODEL.xml + MODEL.bin + sidecar; needs the openvino extra)."""
     from ..errors import ConfigError
 
-    level, threads = options.pop("level"), options.pop("threads")
+    level, threads, tune_bs = options.pop("level"), options.pop("threads"), options.pop("tune_bs")
+    if tune_bs is not None and not (backend == "ort" and options["int8"]):
+        raise ConfigError("--tune-bs applies to --backend ort --int8 only")
     if backend in ("ort", "openvino"):
         given = [f"--{name.replace('_', '-')}" for name in TRT_OPTIONS if options[name] not in (None, False, ())]
         if given:
@@ -65,7 +73,7 @@ def build_engine_command(onnx_path: str, output: str | None, backend: str, no_in
 
         if options["int8"]:
             _check_has_qdq(onnx_path)
-        report = optimize_onnx(onnx_path, output, level=level, threads=threads)
+        report = optimize_onnx(onnx_path, output, level=level, threads=threads, tune_batch=tune_bs)
         if options["int8"]:
             click.echo("\n".join(report.lines()))
             click.echo(_int8_kernels_line(onnx_path))

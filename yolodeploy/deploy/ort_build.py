@@ -40,12 +40,20 @@ class OrtBuildReport:
 
     def lines(self) -> list[str]:
         s = self.sidecar
-        return [
+        lines = [
             f"{self.output_path}: ONNX Runtime {s['onnxruntime_version']} optimized graph "
             f"(level {s['optimization_level']}, providers {', '.join(s['providers'])}, "
             f"{s['nodes_before']} -> {s['nodes_after']} nodes, {s['build']['seconds']:.1f} s)",
             f"  sidecar: {self.sidecar_path}",
         ]
+        tactics = s.get("conv_tactics")
+        if tactics is not None:
+            saved = sum(c["symmetric_us"] - c["gemm_us"] for c in tactics["convs"] if c["gemm_chosen"]) / 1e3
+            lines.append(
+                f"  conv kernels tuned at batch {tactics['batch']}: GEMM kernel for {tactics['gemm_chosen']} of "
+                f"{tactics['timed']} int8 convs, the others symmetric (timed alone: {saved:.2f} ms less per call)"
+            )
+        return lines
 
 
 def default_output_path(onnx_path: str | os.PathLike) -> Path:
@@ -61,8 +69,13 @@ def optimize_onnx(
     level: str = "extended",
     providers: Sequence[ProviderSpec] | None = None,
     threads: int | None = None,
+    tune_batch: int | None = None,
 ) -> OrtBuildReport:
     """Save ONNX Runtime's optimized graph of ``onnx_path`` to ``output_path`` (default ``<stem>.ort.onnx``).
+
+    With ``tune_batch``, each int8 conv first gets the faster of ONNX Runtime's two int8 conv kernels on this
+    machine at that batch (:func:`yolodeploy.deploy.ort_tactics.tune_conv_kernels`; exact), and the sidecar
+    records the timings under ``conv_tactics``.
 
     Raises:
         ConfigError: an unknown level, or an output path that does not end in ``.onnx``.
@@ -81,10 +94,11 @@ def optimize_onnx(
         raise ConfigError(f"{output}: the output would overwrite the input ONNX; choose another name")
     ort = import_onnxruntime()
     start = time.perf_counter()
+    source, tactics = _tuned_source(onnx_path, tune_batch, threads)
     # The temporary name ends in .tmp, not .ort, so ONNX Runtime saves ONNX format; both files appear together.
     with atomic_path(output) as tmp, atomic_path(sidecar_path(output)) as tmp_sidecar:
         runner = OnnxRuntimeRunner(
-            onnx_path, providers=providers, threads=threads, optimization_level=level, optimized_model_path=tmp
+            source, providers=providers, threads=threads, optimization_level=level, optimized_model_path=tmp
         )
         with runner:
             used_providers = runner.providers
@@ -105,8 +119,30 @@ def optimize_onnx(
                 "at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             },
         }
+        if tactics is not None:
+            sidecar["conv_tactics"] = tactics
         tmp_sidecar.write_text(json.dumps(sidecar, indent=2) + "\n")
     return OrtBuildReport(output, sidecar_path(output), sidecar)
+
+
+def _tuned_source(onnx_path: Path, tune_batch: int | None, threads: int | None) -> tuple[Any, dict | None]:
+    """``onnx_path`` itself, or its model with the conv kernels tuned at ``tune_batch`` and the sidecar record."""
+    if tune_batch is None:
+        return onnx_path, None
+    from .onnx_utils import load_onnx_checked
+    from .ort_tactics import DEFAULT_MARGIN, tune_conv_kernels
+
+    if tune_batch < 1:
+        raise ConfigError(f"the tuning batch must be >= 1, got {tune_batch}")
+    tuned, tactics = tune_conv_kernels(load_onnx_checked(onnx_path), tune_batch, threads=threads)
+    record = {
+        "batch": tune_batch,
+        "margin": DEFAULT_MARGIN,
+        "timed": len(tactics),
+        "gemm_chosen": sum(t.gemm_chosen for t in tactics),
+        "convs": [t.as_dict() for t in tactics],
+    }
+    return tuned, record
 
 
 def _count_nodes(path: Path) -> int:
