@@ -39,7 +39,7 @@ demo: setup $(DEMO_DATA)/annotations/instances_val.json
 	$(DEMO) export runs/demo/yolov6n_synth_deploy.safetensors -o runs/demo/yolov6n_synth_nms.onnx --dynamic-batch --img 224 --nms ort
 	$(DEMO) bench runs/demo/yolov6n_synth_nms.onnx --backend ort --bs 1 --bs 32 --img 224 --iters 10 --json runs/demo/bench_ort.json
 	$(DEMO) quantize $(DEMO_MODEL) --data $(DEMO_DATA) --ptq --sensitive-topk 6 --qat --epochs 1 --img 224 --calib-images 250 --bench --bs 1 --bs 32 -o runs/demo/quant --json runs/demo/quant.json
-	$(DEMO) build-engine runs/demo/quant/int8_top6_ort.onnx --int8 --backend ort -o runs/demo/quant/int8_top6.ort.onnx
+	$(DEMO) build-engine runs/demo/quant/int8_top6_ort.onnx --int8 --backend ort --tune-bs 32 -o runs/demo/quant/int8_top6.ort.onnx
 	$(DEMO) bench runs/demo/quant/int8_top6.ort.onnx --backend ort --bs 1 --bs 32 --img 224 --iters 10 --json runs/demo/bench_int8_top6.json
 	$(DEMO) build-engine runs/demo/quant/ptq_ort.onnx --int8 --backend openvino -o runs/demo/quant/ptq.xml
 	$(DEMO) bench runs/demo/yolov6n_synth.onnx --backend openvino --bs 1 --bs 32 --img 224 --iters 10 --json runs/demo/bench_openvino_fp32.json

@@ -7,7 +7,10 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from yolodeploy.deploy import ort_tactics
+from yolodeploy.deploy.ort_build import optimize_onnx
 from yolodeploy.deploy.ort_tactics import (
+    compare_whole_models,
     int8_conv_specs,
     interleaved_timer,
     shift_weight_zero_points,
@@ -155,3 +158,33 @@ def test_interleaved_timer_times_both_models_per_round():
     tune_conv_kernels(spec_model, batch=1, timer=recording)
     (rounds,) = calls
     assert len(rounds) == 2 and all(a > 0 and b > 0 for a, b in rounds)
+
+
+def test_whole_model_comparison_feeds_an_image_batch_and_takes_per_round_ratios():
+    seen = []
+
+    def fake_timer(original, tuned, feed):
+        seen.append((feed.shape, feed.dtype))
+        return [(2000.0, 1000.0), (4000.0, 3000.0), (2000.0, 1800.0)]  # ratios 0.5, 0.75, 0.9
+
+    model = conv_model(random_weight())
+    result = compare_whole_models(model, model, batch=5, timer=fake_timer)
+    assert seen == [((5, *IMAGE[1:]), np.float32)]
+    assert result == {"original_ms": 2.0, "tuned_ms": 1.8, "ratio": 0.75}
+
+
+@pytest.mark.parametrize(("ratio", "kept"), [(0.9, True), (1.1, False)])
+def test_the_build_keeps_the_tuned_graph_only_if_it_is_faster_as_a_whole(monkeypatch, tmp_path, ratio, kept):
+    monkeypatch.setattr(ort_tactics, "interleaved_timer", lambda *a, **k: lambda *b: [(100.0, 50.0)])  # GEMM wins
+    monkeypatch.setattr(ort_tactics, "compare_whole_models",
+                        lambda *a, **k: {"original_ms": 1.0, "tuned_ms": ratio, "ratio": ratio})  # fmt: skip
+    source = tmp_path / "q.onnx"
+    onnx.save(conv_model(random_weight()), source)
+    report = optimize_onnx(source, tmp_path / "q.ort.onnx", threads=1, tune_batch=2)
+    tactics = report.sidecar["conv_tactics"]
+    assert tactics["gemm_chosen"] == 1 and tactics["kept"] is kept and tactics["whole_model"]["ratio"] == ratio
+    assert ("saved tuned" in report.lines()[-1]) is kept
+    saved = onnx.load(tmp_path / "q.ort.onnx")
+    zero_points = [numpy_helper.to_array(t) for t in saved.graph.initializer if t.data_type == TensorProto.INT8
+                   and numpy_helper.to_array(t).shape == (16,)]  # fmt: skip
+    assert any(zp.any() for zp in zero_points) is kept

@@ -53,6 +53,7 @@ class OrtBuildReport:
                 f"  conv kernels tuned at batch {tactics['batch']}: GEMM kernel for {tactics['gemm_chosen']} of "
                 f"{tactics['timed']} int8 convs, the others symmetric (timed alone: {saved:.2f} ms less per call)"
             )
+            lines.append(_whole_model_line(tactics))
         return lines
 
 
@@ -125,24 +126,42 @@ def optimize_onnx(
     return OrtBuildReport(output, sidecar_path(output), sidecar)
 
 
+def _whole_model_line(tactics: dict) -> str:
+    whole = tactics["whole_model"]
+    if whole is None:
+        return "  no conv runs faster on the GEMM kernel here: the graph is saved as it was"
+    figures = f"{whole['original_ms']:.2f} -> {whole['tuned_ms']:.2f} ms per call, ratio {whole['ratio']:.3f}"
+    verdict = "saved tuned" if tactics["kept"] else "not faster as a whole: the graph is saved untuned"
+    return f"  whole model at batch {tactics['batch']}: {figures} ({verdict})"
+
+
 def _tuned_source(onnx_path: Path, tune_batch: int | None, threads: int | None) -> tuple[Any, dict | None]:
     """``onnx_path`` itself, or its model with the conv kernels tuned at ``tune_batch`` and the sidecar record."""
     if tune_batch is None:
         return onnx_path, None
     from .onnx_utils import load_onnx_checked
-    from .ort_tactics import DEFAULT_MARGIN, tune_conv_kernels
+    from .ort_tactics import DEFAULT_MARGIN, compare_whole_models, tune_conv_kernels
 
     if tune_batch < 1:
         raise ConfigError(f"the tuning batch must be >= 1, got {tune_batch}")
-    tuned, tactics = tune_conv_kernels(load_onnx_checked(onnx_path), tune_batch, threads=threads)
+    original = load_onnx_checked(onnx_path, image_input=False)
+    tuned, tactics = tune_conv_kernels(original, tune_batch, threads=threads)
+    whole = (
+        compare_whole_models(original, tuned, tune_batch, threads=threads)
+        if any(t.gemm_chosen for t in tactics)
+        else None
+    )
+    kept = whole is not None and whole["ratio"] < 1.0
     record = {
         "batch": tune_batch,
         "margin": DEFAULT_MARGIN,
         "timed": len(tactics),
         "gemm_chosen": sum(t.gemm_chosen for t in tactics),
         "convs": [t.as_dict() for t in tactics],
+        "whole_model": whole,
+        "kept": kept,
     }
-    return tuned, record
+    return (tuned if kept else original), record
 
 
 def _count_nodes(path: Path) -> int:

@@ -11,9 +11,10 @@ The choice is made without changing a single output value: symmetric weights ``w
 rewrites a conv's weight that way to route it to the GEMM kernel (or ``w + 1`` / +1 when the weight reaches
 -128). :func:`tune_conv_kernels` times each int8 conv alone (a one-node ``QLinearConv`` model of the conv's
 shape, weights and attributes at the given batch, both forms interleaved over several rounds) and shifts the ones
-whose GEMM form is faster by more than ``margin``. Like a TensorRT engine, the result is tuned for the machine
-that ran it; ``build-engine --backend ort --tune-bs N`` records the timings in its sidecar. ORT flavour only:
-TensorRT needs zero points of 0.
+whose GEMM form is faster by more than ``margin``; :func:`compare_whole_models` then times the two whole graphs, and
+the build keeps the tuned one only if it is faster as a whole. Like a TensorRT engine, the result is tuned for the
+machine that ran it; ``build-engine --backend ort --tune-bs N`` records the timings in its sidecar. ORT flavour
+only: TensorRT needs zero points of 0.
 """
 
 from __future__ import annotations
@@ -40,7 +41,14 @@ from .qdq_graph import (
 )
 from .runners.onnxrt import import_onnxruntime
 
-__all__ = ["ConvTactic", "weight_shift", "shift_weight_zero_points", "int8_conv_specs", "tune_conv_kernels"]
+__all__ = [
+    "ConvTactic",
+    "weight_shift",
+    "shift_weight_zero_points",
+    "int8_conv_specs",
+    "tune_conv_kernels",
+    "compare_whole_models",
+]
 
 #: The GEMM form must be this much faster (median of per-round time ratios) to be chosen.
 DEFAULT_MARGIN = 0.05
@@ -199,7 +207,7 @@ TimeTwo = Callable[[onnx.ModelProto, onnx.ModelProto, np.ndarray], list[tuple[fl
 
 
 def interleaved_timer(threads: int | None, rounds: int = 9, round_seconds: float = 0.004) -> TimeTwo:
-    """Time two one-input models on ONNX Runtime CPU in alternating rounds: microseconds per call, per round.
+    """Time two models of one input on ONNX Runtime CPU in alternating rounds: microseconds per call, per round.
 
     Both sessions are built and warmed up first; each round times about ``round_seconds`` of calls of one, then of
     the other, so the machine's drift over the rounds hits both alike (compare them round by round).
@@ -212,14 +220,15 @@ def interleaved_timer(threads: int | None, rounds: int = 9, round_seconds: float
             options.intra_op_num_threads = threads
         sessions = [ort.InferenceSession(m.SerializeToString(), options, providers=["CPUExecutionProvider"])
                     for m in (first, second)]  # fmt: skip
-        calls = max(_calls_per_round(session, feed, round_seconds) for session in sessions)
+        feeds = [{session.get_inputs()[0].name: feed} for session in sessions]
+        calls = max(_calls_per_round(session, inputs, round_seconds) for session, inputs in zip(sessions, feeds))
         per_round = []
         for _ in range(rounds):
             pair = []
-            for session in sessions:
+            for session, inputs in zip(sessions, feeds):
                 start = time.perf_counter()
                 for _ in range(calls):
-                    session.run(None, {"x": feed})
+                    session.run(None, inputs)
                 pair.append((time.perf_counter() - start) / calls * 1e6)
             per_round.append((pair[0], pair[1]))
         return per_round
@@ -227,12 +236,12 @@ def interleaved_timer(threads: int | None, rounds: int = 9, round_seconds: float
     return time_two
 
 
-def _calls_per_round(session, feed: np.ndarray, seconds: float) -> int:
+def _calls_per_round(session, inputs: dict[str, np.ndarray], seconds: float) -> int:
     """Warm ``session`` up; the number of calls (3 to 50) that take about ``seconds``."""
     for _ in range(3):
-        session.run(None, {"x": feed})
+        session.run(None, inputs)
     start = time.perf_counter()
-    session.run(None, {"x": feed})
+    session.run(None, inputs)
     return int(np.clip(np.ceil(seconds / max(time.perf_counter() - start, 1e-6)), 3, 50))
 
 
@@ -265,3 +274,25 @@ def tune_conv_kernels(
         tactics.append(ConvTactic(spec.name, spec.input_shape, symmetric_us, gemm_us, ratio, ratio < 1.0 - margin))
     tuned = shift_weight_zero_points(model, [t.name for t in tactics if t.gemm_chosen])
     return tuned, tactics
+
+
+def compare_whole_models(
+    original: onnx.ModelProto,
+    tuned: onnx.ModelProto,
+    batch: int,
+    *,
+    threads: int | None = None,
+    timer: TimeTwo | None = None,
+) -> dict[str, float]:
+    """Both whole models at ``batch`` on a random image batch: median ms per call and the median per-round ratio.
+
+    Per-conv timings of convs run alone need not add up in the whole graph (caches, the layout transposes around
+    each conv); this is the check that the tuned graph is faster as a whole.
+    """
+    timer = timer or interleaved_timer(threads, rounds=7, round_seconds=0.05)
+    dims = original.graph.input[0].type.tensor_type.shape.dim
+    shape = (batch, *(d.dim_value for d in dims[1:]))
+    feed = np.random.default_rng(0).random(shape, dtype=np.float32)
+    rounds = np.asarray(timer(original, tuned, feed))
+    original_ms, tuned_ms = (float(v) / 1e3 for v in np.median(rounds, axis=0))
+    return {"original_ms": original_ms, "tuned_ms": tuned_ms, "ratio": float(np.median(rounds[:, 1] / rounds[:, 0]))}
