@@ -147,7 +147,7 @@ def test_tuner_shifts_only_convs_whose_gemm_form_wins_by_the_margin(gemm_us, cho
 
 def test_interleaved_timer_times_both_models_per_round():
     spec_model = conv_model(random_weight())
-    timer = interleaved_timer(threads=1, rounds=2, round_seconds=0.001)
+    timer = interleaved_timer(threads=1, rounds=2, round_seconds=0.001, pause_s=0.0)
     calls = []
 
     def recording(symmetric, gemm, feed):

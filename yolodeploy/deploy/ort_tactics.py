@@ -206,11 +206,16 @@ def _single_conv_model(spec: ConvSpec, shift: int) -> onnx.ModelProto:
 TimeTwo = Callable[[onnx.ModelProto, onnx.ModelProto, np.ndarray], list[tuple[float, float]]]
 
 
-def interleaved_timer(threads: int | None, rounds: int = 9, round_seconds: float = 0.004) -> TimeTwo:
+def interleaved_timer(
+    threads: int | None, rounds: int = 5, round_seconds: float = 0.004, pause_s: float = 0.05
+) -> TimeTwo:
     """Time two models of one input on ONNX Runtime CPU in alternating rounds: microseconds per call, per round.
 
     Both sessions are built and warmed up first; each round times about ``round_seconds`` of calls of one, then of
-    the other, so the machine's drift over the rounds hits both alike (compare them round by round).
+    the other, so the machine's drift over the rounds hits both alike (compare them round by round). Before each
+    block: a ``pause_s`` sleep, then one untimed call. ONNX Runtime's worker threads spin-wait after a call, and the
+    other session's spinning threads would take the cores from the one being timed (calls up to 2x slower here
+    without the pause, as in the README's latency notes).
     """
 
     def time_two(first: onnx.ModelProto, second: onnx.ModelProto, feed: np.ndarray) -> list[tuple[float, float]]:
@@ -226,6 +231,8 @@ def interleaved_timer(threads: int | None, rounds: int = 9, round_seconds: float
         for _ in range(rounds):
             pair = []
             for session, inputs in zip(sessions, feeds):
+                time.sleep(pause_s)
+                session.run(None, inputs)
                 start = time.perf_counter()
                 for _ in range(calls):
                     session.run(None, inputs)
@@ -289,7 +296,7 @@ def compare_whole_models(
     Per-conv timings of convs run alone need not add up in the whole graph (caches, the layout transposes around
     each conv); this is the check that the tuned graph is faster as a whole.
     """
-    timer = timer or interleaved_timer(threads, rounds=7, round_seconds=0.05)
+    timer = timer or interleaved_timer(threads, rounds=7, round_seconds=0.05, pause_s=0.1)
     dims = original.graph.input[0].type.tensor_type.shape.dim
     shape = (batch, *(d.dim_value for d in dims[1:]))
     feed = np.random.default_rng(0).random(shape, dtype=np.float32)
