@@ -215,8 +215,10 @@ def interleaved_timer(
     the other, so the machine's drift over the rounds hits both alike (compare them round by round). Before each
     block: a ``pause_s`` sleep, then one untimed call. ONNX Runtime's worker threads spin-wait after a call, and the
     other session's spinning threads would take the cores from the one being timed (calls up to 2x slower here
-    without the pause, as in the README's latency notes).
+    without the pause, as in the README's latency notes). With one thread there are no worker threads: no pause.
     """
+    if threads == 1:
+        pause_s = 0.0
 
     def time_two(first: onnx.ModelProto, second: onnx.ModelProto, feed: np.ndarray) -> list[tuple[float, float]]:
         ort = import_onnxruntime()
