@@ -2,9 +2,10 @@
 
 ONNX Runtime runs an int8 conv (DQ -> Conv -> Q) as ``QLinearConv`` with one of two MLAS kernels: the
 "symmetric" direct conv kernel (``MlasConvSym*``), taken when the weight zero point is 0, or im2col + the
-quantized GEMM, taken otherwise. Which one is faster depends on the CPU and on the conv's shape and batch: on an
-Intel Xeon with AMX (this project's CI host on 2026-11-25), whose quantized GEMM runs on AMX tiles, the GEMM path
-was faster for the 25 3x3 backbone convs of the demo model at batch 32 and slower for the neck and head ones.
+quantized GEMM, taken otherwise. Which one is faster depends on the CPU and on the conv's shape and batch: on the
+Intel Xeon with AMX of the 2026-11-25 session, the GEMM kernel won for 28 of the demo model's 60 int8 convs at
+batch 32 (19 of them in the backbone) and the whole model went from 54.0 to 47.1 ms (README, "Conv kernels tuned
+per machine").
 
 The choice is made without changing a single output value: symmetric weights ``w`` in [-127, 127] with zero point
 0 are the same as ``w - 1`` with zero point -1 (``(w - 1) - (-1) = w``), so :func:`shift_weight_zero_points`
@@ -22,15 +23,17 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import Callable, Sequence
+from functools import partial
 
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 from onnx import TensorProto, helper, numpy_helper
 
+from ..bench.latency import time_interleaved
 from ..errors import ConfigError
 from .qdq_graph import (
-    const_value,
+    conv_integer_weight,
     export_graph,
     import_graph,
     input_q,
@@ -96,15 +99,16 @@ def weight_shift(weight: np.ndarray) -> int:
 
 def _symmetric_int8_weight(conv: gs.Node) -> tuple[gs.Node, np.ndarray] | None:
     """The conv's weight DQ and its constant int8 weight, when its zero point is 0 (or absent)."""
-    producer = conv.inputs[1].inputs[0] if conv.inputs[1].inputs else None
-    if producer is None or producer.op != "DequantizeLinear":
+    found = conv_integer_weight(conv)
+    if found is None or found[1].dtype != np.int8:
         return None
-    weight, zero_point = const_value(producer.inputs[0]), zero_point_of(producer)
-    if weight is None or weight.dtype != np.int8 or weight.ndim < 3:
-        return None
-    if zero_point is not None and zero_point.any():
-        return None
-    return producer, weight
+    zero_point = zero_point_of(found[0])
+    return None if zero_point is not None and zero_point.any() else found
+
+
+def _shifted(weight: np.ndarray, shift: int) -> np.ndarray:
+    """``weight + shift`` as int8 (the caller checked with :func:`weight_shift` that it fits)."""
+    return (weight.astype(np.int16) + shift).astype(np.int8)
 
 
 def _runs_as_qlinearconv(conv: gs.Node) -> bool:
@@ -171,7 +175,7 @@ def shift_weight_zero_points(model: onnx.ModelProto, conv_names: Sequence[str]) 
             continue
         weight_dq, weight = found
         hint, scale = weight_dq.inputs[0].name, weight_dq.inputs[1]
-        shifted = new_constant(graph, f"{hint}_shifted", (weight.astype(np.int16) + shift).astype(np.int8))
+        shifted = new_constant(graph, f"{hint}_shifted", _shifted(weight, shift))
         zero_point = new_constant(graph, f"{hint}_zero_point", np.full(scale_of(weight_dq).shape, shift, np.int8))
         dq = new_node(graph, "DequantizeLinear", shifted, [scale, zero_point], np.float32)
         dq.attrs.update(weight_dq.attrs)
@@ -183,7 +187,7 @@ def shift_weight_zero_points(model: onnx.ModelProto, conv_names: Sequence[str]) 
 def _single_conv_model(spec: ConvSpec, shift: int) -> onnx.ModelProto:
     """A one-node QLinearConv model of ``spec`` (uint8 in and out), its weight shifted by ``shift``."""
     out_channels = spec.weight.shape[0]
-    weight = (spec.weight.astype(np.int16) + shift).astype(np.int8)
+    weight = _shifted(spec.weight, shift)
     initializers = [
         numpy_helper.from_array(spec.input_scale.reshape(()).astype(np.float32), "x_scale"),
         numpy_helper.from_array(spec.input_zero_point.reshape(()), "x_zero_point"),
@@ -212,10 +216,11 @@ def interleaved_timer(
     """Time two models of one input on ONNX Runtime CPU in alternating rounds: microseconds per call, per round.
 
     Both sessions are built and warmed up first; each round times about ``round_seconds`` of calls of one, then of
-    the other, so the machine's drift over the rounds hits both alike (compare them round by round). Before each
-    block: a ``pause_s`` sleep, then one untimed call. ONNX Runtime's worker threads spin-wait after a call, and the
-    other session's spinning threads would take the cores from the one being timed (calls up to 2x slower here
-    without the pause, as in the README's latency notes). With one thread there are no worker threads: no pause.
+    the other (:func:`yolodeploy.bench.latency.time_interleaved`, the median call of each block), so the machine's
+    drift over the rounds hits both alike (compare them round by round). Before each block: a ``pause_s`` sleep,
+    then one untimed call. ONNX Runtime's worker threads spin-wait after a call, and the other session's spinning
+    threads would take the cores from the one being timed (calls up to 2x slower here without the pause, as in the
+    README's latency notes). With one thread there are no worker threads: no pause.
     """
     if threads == 1:
         pause_s = 0.0
@@ -229,17 +234,13 @@ def interleaved_timer(
                     for m in (first, second)]  # fmt: skip
         feeds = [{session.get_inputs()[0].name: feed} for session in sessions]
         calls = max(_calls_per_round(session, inputs, round_seconds) for session, inputs in zip(sessions, feeds))
+        fns = {
+            index: partial(session.run, None, inputs) for index, (session, inputs) in enumerate(zip(sessions, feeds))
+        }
         per_round = []
-        for _ in range(rounds):
-            pair = []
-            for session, inputs in zip(sessions, feeds):
-                time.sleep(pause_s)
-                session.run(None, inputs)
-                start = time.perf_counter()
-                for _ in range(calls):
-                    session.run(None, inputs)
-                pair.append((time.perf_counter() - start) / calls * 1e6)
-            per_round.append((pair[0], pair[1]))
+        for _ in range(rounds):  # one call of time_interleaved per round: the pair of this round's medians
+            stats = time_interleaved(fns, warmup=0, iters=1, block=calls, settle=1, pause_s=pause_s)
+            per_round.append((stats[0].p50_ms * 1e3, stats[1].p50_ms * 1e3))
         return per_round
 
     return time_two
@@ -252,6 +253,13 @@ def _calls_per_round(session, inputs: dict[str, np.ndarray], seconds: float) -> 
     start = time.perf_counter()
     session.run(None, inputs)
     return int(np.clip(np.ceil(seconds / max(time.perf_counter() - start, 1e-6)), 3, 50))
+
+
+def _medians(per_round: list[tuple[float, float]]) -> tuple[float, float, float]:
+    """Median of each side over the rounds, and the median of the per-round ratios (second / first)."""
+    rounds = np.asarray(per_round)
+    first, second = (float(v) for v in np.median(rounds, axis=0))
+    return first, second, float(np.median(rounds[:, 1] / rounds[:, 0]))
 
 
 def tune_conv_kernels(
@@ -277,9 +285,9 @@ def tune_conv_kernels(
         if not shift:
             continue
         feed = rng.integers(0, 256, spec.input_shape, dtype=np.uint8)
-        rounds = np.asarray(timer(_single_conv_model(spec, 0), _single_conv_model(spec, shift), feed))
-        ratio = float(np.median(rounds[:, 1] / rounds[:, 0]))
-        symmetric_us, gemm_us = (float(v) for v in np.median(rounds, axis=0))
+        symmetric_us, gemm_us, ratio = _medians(
+            timer(_single_conv_model(spec, 0), _single_conv_model(spec, shift), feed)
+        )
         tactics.append(ConvTactic(spec.name, spec.input_shape, symmetric_us, gemm_us, ratio, ratio < 1.0 - margin))
     tuned = shift_weight_zero_points(model, [t.name for t in tactics if t.gemm_chosen])
     return tuned, tactics
@@ -302,6 +310,5 @@ def compare_whole_models(
     dims = original.graph.input[0].type.tensor_type.shape.dim
     shape = (batch, *(d.dim_value for d in dims[1:]))
     feed = np.random.default_rng(0).random(shape, dtype=np.float32)
-    rounds = np.asarray(timer(original, tuned, feed))
-    original_ms, tuned_ms = (float(v) / 1e3 for v in np.median(rounds, axis=0))
-    return {"original_ms": original_ms, "tuned_ms": tuned_ms, "ratio": float(np.median(rounds[:, 1] / rounds[:, 0]))}
+    original_us, tuned_us, ratio = _medians(timer(original, tuned, feed))
+    return {"original_ms": original_us / 1e3, "tuned_ms": tuned_us / 1e3, "ratio": ratio}

@@ -19,7 +19,17 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from .qdq_graph import const_value, export_graph, import_graph, input_q, new_constant, new_node, scale_of, zero_point_of
+from .qdq_graph import (
+    const_value,
+    conv_integer_weight,
+    export_graph,
+    import_graph,
+    input_q,
+    new_constant,
+    new_node,
+    scale_of,
+    zero_point_of,
+)
 
 __all__ = ["CHANNEL_MULTIPLE", "pad_conv_input_channels"]
 
@@ -27,17 +37,6 @@ __all__ = ["CHANNEL_MULTIPLE", "pad_conv_input_channels"]
 CHANNEL_MULTIPLE = 4
 #: The output channels those kernels also need: at least 16 and a multiple of 8 (AVX2; AVX-512 needs 4).
 MIN_OUTPUT_CHANNELS, OUTPUT_CHANNEL_MULTIPLE = 16, 8
-
-
-def _int8_weight(conv: gs.Node) -> tuple[gs.Node, np.ndarray] | None:
-    """The conv's weight DQ and its constant integer weight ``(Cout, Cin, *kernel)``, if it is one."""
-    producer = conv.inputs[1].inputs[0] if conv.inputs[1].inputs else None
-    if producer is None or producer.op != "DequantizeLinear":
-        return None
-    weight = const_value(producer.inputs[0])
-    if weight is None or weight.dtype not in (np.int8, np.uint8) or weight.ndim < 3:
-        return None
-    return producer, weight
 
 
 def _needs_padding(conv: gs.Node, weight: np.ndarray, multiple: int) -> bool:
@@ -92,7 +91,7 @@ def pad_conv_input_channels(model: onnx.ModelProto, multiple: int = CHANNEL_MULT
     """
     graph = import_graph(model)
     for conv in [node for node in graph.nodes if node.op == "Conv"]:
-        found = _int8_weight(conv)
+        found = conv_integer_weight(conv)
         if found is None or not _needs_padding(conv, found[1], multiple):
             continue
         weight_dq, weight = found

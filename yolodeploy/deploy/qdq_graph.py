@@ -26,6 +26,7 @@ __all__ = [
     "new_constant",
     "new_node",
     "replace_input",
+    "conv_integer_weight",
 ]
 
 
@@ -143,3 +144,14 @@ def new_node(graph: gs.Graph, op: str, source: gs.Tensor, params: list[gs.Tensor
     output = gs.Variable(name, dtype=dtype)
     graph.nodes.append(gs.Node(op, name=f"{name}_node", inputs=[source, *params], outputs=[output]))
     return graph.nodes[-1]
+
+
+def conv_integer_weight(conv: gs.Node) -> tuple[gs.Node, np.ndarray] | None:
+    """The conv's weight DQ and its constant integer weight ``(Cout, Cin, *kernel)`` (int8 or uint8), if it has one."""
+    producer = conv.inputs[1].inputs[0] if conv.inputs[1].inputs else None
+    if producer is None or producer.op != "DequantizeLinear":
+        return None
+    weight = const_value(producer.inputs[0])
+    if weight is None or weight.dtype not in (np.int8, np.uint8) or weight.ndim < 3:
+        return None
+    return producer, weight
