@@ -46,6 +46,8 @@ def test_quantize_ptq_end_to_end(tiny_dataset, tiny_checkpoint, tmp_path, bench_
         (("--ptq", "--sensitive-topk", "-1", "--data", "{data}"), ("sensitive_topk must be >= 0",)),
         (("--ptq", "--img", "60", "--data", "{data}"), ("multiple of 32",)),
         (("--ptq", "--method", "median", "--data", "{data}"), ("median",)),
+        (("--ptq", "--cost-aware", "--data", "{data}"), ("--cost-aware", "--sensitive-topk K")),
+        (("--ptq", "--sensitive-topk", "1", "--cost-aware", "--cost-bs", "0", "--data", "{data}"), ("cost_batch",)),
     ],
 )
 def test_quantize_bad_inputs(tiny_dataset, tiny_checkpoint, tmp_path, args, fragments):

@@ -60,6 +60,29 @@ def test_sensitive_topk_keeps_two_layers_float_and_reuses_the_cache(plain, tiny_
     assert all(p["ok"] for p in result.parity.values()) and len(result.parity) == 4
 
 
+def test_cost_aware_topk_keeps_the_first_layers_of_the_gain_per_ms_order(
+    plain, tiny_checkpoint, tiny_dataset, tmp_path
+):
+    cache = str(Path(plain.files["fp32_onnx"]).parent / "calib_cache")
+    config = _config(
+        tiny_checkpoint, tiny_dataset, tmp_path, sensitive_topk=2, cost_aware=True, cost_candidates=3, cost_rounds=1,
+        cache_dir=cache,
+    )  # fmt: skip
+    result = run_ptq(config)
+    costs = result.float_costs
+    assert costs["batch"] == 1 and costs["int8_ms"] > 0 and costs["metric"] == "mse"
+    candidates = costs["candidates"]
+    assert sorted(row["sensitivity_rank"] for row in candidates) == [1, 2, 3]
+    assert [row["gain_per_ms"] for row in candidates] == sorted(
+        (row["gain_per_ms"] for row in candidates), reverse=True
+    )
+    assert result.float_layers == [row["layer"] for row in candidates[:2]]
+    assert all(p["ok"] for p in result.parity.values())
+    report = json.loads(Path(result.files["report_json"]).read_text())
+    assert report["float_costs"] == costs and report["config"]["cost_aware"] is True
+    assert "## --cost-aware: float cost of each candidate" in Path(result.files["report_md"]).read_text()
+
+
 def test_bad_configs_raise_before_writing(tiny_checkpoint, tiny_dataset, tmp_path):
     with pytest.raises(ConfigError, match="sensitive_topk"):
         _config(tiny_checkpoint, tiny_dataset, tmp_path / "a", sensitive_topk=-1)
@@ -67,7 +90,11 @@ def test_bad_configs_raise_before_writing(tiny_checkpoint, tiny_dataset, tmp_pat
         run_ptq(_config(tiny_checkpoint, tiny_dataset, tmp_path / "b", sensitive_topk=10_000))
     with pytest.raises(ConfigError, match="no such checkpoint"):
         run_ptq(_config(tmp_path / "missing.safetensors", tiny_dataset, tmp_path / "c"))
-    assert not any((tmp_path / name).exists() for name in "abc")
+    with pytest.raises(ConfigError, match="--cost-aware picks the float layers"):
+        _config(tiny_checkpoint, tiny_dataset, tmp_path / "d", cost_aware=True)
+    with pytest.raises(ConfigError, match="cost_candidates must be >= 1"):
+        _config(tiny_checkpoint, tiny_dataset, tmp_path / "e", sensitive_topk=1, cost_aware=True, cost_candidates=0)
+    assert not any((tmp_path / name).exists() for name in "abcde")
     config = _config(tiny_checkpoint, tiny_dataset, tmp_path)
     assert PTQConfig.from_dict(config.to_dict()) == config
 

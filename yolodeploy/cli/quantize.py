@@ -37,6 +37,11 @@ _QAT_FIELDS = {"epochs": "epochs", "distill": "distill", "qat_lr": "lr", "qat_ba
 @click.option("--sensitive-topk", default=0, show_default=True, help="Keep the K most sensitive layers float.")
 @click.option("--metric", default="mse", show_default=True, help="Sensitivity metric: mse, snr, cosine or ap.")
 @click.option("--max-ap-drop", type=float, default=None, help="Add float layers until AP drop <= D (AP in [0, 1]).")
+@click.option("--cost-aware", is_flag=True, help="Pick the float layers by sensitivity per ms of ONNX Runtime "
+              "latency each adds when float (timed on this machine), not by sensitivity alone.")  # fmt: skip
+@click.option("--cost-candidates", default=20, show_default=True, help="--cost-aware: how many of the most "
+              "sensitive layers are timed.")  # fmt: skip
+@click.option("--cost-bs", "cost_batch", default=1, show_default=True, help="--cost-aware: batch size of the timing.")
 @click.option("--method", default="percentile", show_default=True, help="Calibrator: max, percentile, entropy, mse.")
 @click.option("--percentile", default=99.999, show_default=True, help="Percentile for --method percentile.")
 @click.option("--calib-images", default=512, show_default=True, help="Calibration images (or the split size).")

@@ -84,6 +84,10 @@ class PTQConfig:
         sensitive_topk: layers kept float by sensitivity (0: plain PTQ).
         metric: the sensitivity ranking metric (mse, as the paper found closest to direct AP).
         max_ap_drop: greedily add float layers until the AP drop is at most this (AP points in [0, 1]).
+        cost_aware: pick the float layers by sensitivity per millisecond of measured ONNX Runtime latency that
+            keeping each one float adds (:mod:`yolodeploy.quant.float_cost`), not by sensitivity alone.
+        cost_candidates / cost_batch / cost_rounds: how many of the most sensitive layers are timed, at which
+            batch size, over how many interleaved rounds.
         val_split / val_images: AP split and a seeded subset size (None: the whole split).
         border: letterbox border (YOLOv6 §3.1), for calibration and evaluation alike.
         seed: image sampling seed.
@@ -113,6 +117,10 @@ class PTQConfig:
     sensitive_topk: int = 0
     metric: str = "mse"
     max_ap_drop: float | None = None
+    cost_aware: bool = False
+    cost_candidates: int = 20
+    cost_batch: int = 1
+    cost_rounds: int = 10
     val_split: str = "val"
     val_images: int | None = None
     border: int = 0
@@ -139,7 +147,11 @@ class PTQConfig:
             raise ConfigError(f"metric must be one of {', '.join(_METRICS)}, got {self.metric!r}")
         if self.max_ap_drop is not None and not 0 <= self.max_ap_drop <= 1:
             raise ConfigError(f"max_ap_drop is in AP points in [0, 1] (0.005 = half a point), got {self.max_ap_drop}")
-        for name in ("calib_images", "heldout_images", "sensitivity_images", "batch", "bench_iters"):
+        if self.cost_aware and not self.partial:
+            raise ConfigError("--cost-aware picks the float layers: add --sensitive-topk K or --max-ap-drop D")
+        names = ("calib_images", "heldout_images", "sensitivity_images", "batch", "bench_iters", "cost_candidates",
+                 "cost_batch", "cost_rounds")  # fmt: skip
+        for name in names:
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.val_images is not None and self.val_images < 1:
@@ -202,6 +214,8 @@ class PTQResult:
         notes: warnings worth reading beside the numbers.
         qat: the QAT stage (None without it): ``start`` row, ``float_layers``, per-epoch ``history``,
             ``best_epoch`` / ``best_ap`` (fake-quant AP on ``val_images``), ``config``.
+        float_costs: with ``cost_aware``: the timed candidates in the order chosen from (gain, cost, gain per ms,
+            sensitivity rank) and the timing settings (:func:`_cost_aware_ranking`).
     """
 
     config: PTQConfig
@@ -213,6 +227,7 @@ class PTQResult:
     files: dict[str, str]
     notes: list[str]
     qat: dict[str, Any] | None = None
+    float_costs: dict[str, Any] | None = None
 
     @property
     def int8_key(self) -> str:
@@ -242,6 +257,7 @@ class PTQResult:
             "files": self.files,
             "notes": self.notes,
             "qat": self.qat,
+            "float_costs": self.float_costs,
         }
 
     def record(self) -> dict[str, Any]:
@@ -269,6 +285,7 @@ class _Run:
     parity: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
     files: dict[str, str] = dataclasses.field(default_factory=dict)
     notes: list[str] = dataclasses.field(default_factory=list)
+    float_costs: dict[str, Any] | None = None
 
     @property
     def sensitivity_images(self) -> list[Path]:
@@ -371,15 +388,41 @@ def _export_checked(qmodel: nn.Module, run: _Run, stem: str, role: str) -> Path:
     return paths["ort"]
 
 
-def _rank_layers(qmodel: nn.Module, config: PTQConfig, images: list[Path], split: tuple[Path, Path]) -> list[str]:
-    """The quantized layers from the most to the least sensitive by ``config.metric`` (model left all enabled)."""
+def _rank_layers(run: _Run, qmodel: nn.Module) -> list[str]:
+    """The quantized layers from the most to the least sensitive by ``config.metric`` (model left all enabled);
+    with ``cost_aware``, the timed candidates first by sensitivity per millisecond (``run.float_costs``)."""
     from .sensitivity import SensitivityConfig, analyze_sensitivity
 
+    config = run.config
     sens = SensitivityConfig(metrics=(config.metric,), method=config.method, percentile=config.percentile)
-    eval_fn = (lambda model: _torch_ap(config, split, model)) if config.metric == "ap" else None
-    batches = list(calibration_batches(images, config.img_size, config.batch, border=config.border))
+    eval_fn = (lambda model: _torch_ap(config, run.split, model)) if config.metric == "ap" else None
+    batches = list(calibration_batches(run.sensitivity_images, config.img_size, config.batch, border=config.border))
     report = analyze_sensitivity(qmodel, None, config=sens, heldout=batches, eval_fn=eval_fn)
-    return report.ranking(config.metric)
+    ranking = report.ranking(config.metric)
+    if config.cost_aware:
+        ranking, run.float_costs = _cost_aware_ranking(qmodel, config, ranking, report)
+    return ranking
+
+
+def _cost_aware_ranking(qmodel: nn.Module, config: PTQConfig, ranking: list[str], report) -> tuple[list[str], dict]:
+    """The ``cost_candidates`` most sensitive layers timed float one at a time and ordered by gain per ms, then
+    the rest of ``ranking``; and the record of it."""
+    from .float_cost import cost_aware_order, measure_float_costs, sensitivity_gains
+
+    candidates = ranking[: config.cost_candidates]
+    costs = measure_float_costs(
+        qmodel, candidates, img_size=config.img_size, batch=config.cost_batch, rounds=config.cost_rounds
+    )
+    gains = sensitivity_gains(report, config.metric)
+    order = cost_aware_order(ranking, gains, costs.costs_ms, costs.floor_ms)
+    rank = {name: i + 1 for i, name in enumerate(ranking)}
+    rows = [
+        {"layer": name, "sensitivity_rank": rank[name], "gain": gains[name], "cost_ms": costs.costs_ms[name],
+         "gain_per_ms": gains[name] / max(costs.costs_ms[name], costs.floor_ms)}
+        for name in order[: len(candidates)]
+    ]  # fmt: skip
+    record = {key: value for key, value in costs.to_dict().items() if key != "costs_ms"}
+    return order, {**record, "metric": config.metric, "candidates": rows}
 
 
 def _choose_float_layers(qmodel, config: PTQConfig, ranking: list[str], split, greedy: list) -> list[str]:
@@ -411,7 +454,7 @@ def _ptq_rows(run: _Run, qmodel: nn.Module) -> tuple[list[str], list[dict[str, A
     greedy: list[dict[str, Any]] = []
     if run.config.partial:
         _measure(run, "ptq", _export_checked(qmodel, run, "ptq", "ptq"))
-        ranking = _rank_layers(qmodel, run.config, run.sensitivity_images, run.split)
+        ranking = _rank_layers(run, qmodel)
         float_layers = _choose_float_layers(qmodel, run.config, ranking, run.split, greedy)
         if greedy and run.config.bench_batch_sizes:
             _greedy_latency(run.config, qmodel, float_layers, greedy)
@@ -543,7 +586,9 @@ def run_ptq(config: PTQConfig) -> PTQResult:
             qat = run_qat_stage(run, model, qmodel, float_layers, calibration)
     _finish_rows(run)
     run.files.update(report_md=str(out / f"{REPORT_STEM}.md"), report_json=str(out / f"{REPORT_STEM}.json"))
-    result = PTQResult(config, run.rows, float_layers, greedy, run.parity, calibration, run.files, run.notes, qat)
+    result = PTQResult(
+        config, run.rows, float_layers, greedy, run.parity, calibration, run.files, run.notes, qat, run.float_costs
+    )
     if config.max_ap_drop is not None and result.ap_drop > config.max_ap_drop:
         result.notes.append(
             f"max AP drop {config.max_ap_drop} not met on ONNX Runtime even with {len(float_layers)} float"

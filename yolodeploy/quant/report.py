@@ -33,8 +33,8 @@ from ..utils.io import atomic_write_text
 from ..utils.markdown import markdown_table
 
 __all__ = [
-    "REPORT_STEM", "NOT_MEASURED", "RECORD_FIELDS", "row_label", "report_table", "greedy_table", "write_report",
-    "quant_record", "write_record",
+    "REPORT_STEM", "NOT_MEASURED", "RECORD_FIELDS", "row_label", "report_table", "greedy_table", "float_cost_table",
+    "write_report", "quant_record", "write_record",
 ]  # fmt: skip
 
 REPORT_STEM = "quant_report"
@@ -118,6 +118,20 @@ def greedy_table(greedy: list[dict[str, Any]]) -> str:
     return markdown_table(header, table, ["---:", "---"] + ["---:"] * (len(header) - 2))
 
 
+def float_cost_table(float_costs: dict[str, Any], float_layers: list[str]) -> str:
+    """The ``--cost-aware`` candidates in the order they were picked from: sensitivity rank, gain, measured cost
+    of keeping the layer float, gain per ms, and whether it was kept float."""
+    kept = set(float_layers)
+    header = ["order", "layer", "sensitivity rank", "gain", f"bs{float_costs.get('batch', '?')} cost ms", "gain / ms",
+              "float"]  # fmt: skip
+    table = [
+        [str(i), row["layer"], str(row["sensitivity_rank"]), f"{row['gain']:.3g}", f"{row['cost_ms']:+.3f}",
+         f"{row['gain_per_ms']:.3g}", "yes" if row["layer"] in kept else ""]
+        for i, row in enumerate(float_costs.get("candidates", []), 1)
+    ]  # fmt: skip
+    return markdown_table(header, table, ["---:", "---", "---:", "---:", "---:", "---:", "---"])
+
+
 def write_report(results: dict[str, Any], out_dir: str | os.PathLike) -> tuple[Path, Path]:
     """Write ``quant_report.md`` (the table and the notes) and ``quant_report.json`` (``results``) atomically.
 
@@ -138,7 +152,12 @@ def write_report(results: dict[str, Any], out_dir: str | os.PathLike) -> tuple[P
     out_dir = Path(out_dir)
     notes = [f"- {note}" for note in results.get("notes", [])]
     greedy = ["## --max-ap-drop steps", "", greedy_table(results["greedy"]), ""] if results.get("greedy") else []
-    text = "\n".join(["# Quantization report", "", table, "", *greedy, *notes]).rstrip() + "\n"
+    costs = results.get("float_costs")
+    cost = []
+    if costs:
+        title = f"## --cost-aware: float cost of each candidate ({costs['int8_ms']:.2f} ms all int8)"
+        cost = [title, "", float_cost_table(costs, results.get("float_layers", [])), ""]
+    text = "\n".join(["# Quantization report", "", table, "", *cost, *greedy, *notes]).rstrip() + "\n"
     md_path, json_path = out_dir / f"{REPORT_STEM}.md", out_dir / f"{REPORT_STEM}.json"
     atomic_write_text(md_path, text)
     atomic_write_text(json_path, json.dumps(results, indent=1, default=str) + "\n")

@@ -226,7 +226,8 @@ class SensitivityReport:
     images: int
     timing: dict[str, float]
 
-    def _check_metric(self, metric: SensitivityMetric | str) -> SensitivityMetric:
+    def check_metric(self, metric: SensitivityMetric | str) -> SensitivityMetric:
+        """``metric`` parsed; ConfigError (naming the metrics it has) when the report has no values for it."""
         metric = SensitivityMetric.parse(metric)
         if not any(metric.key in stats for stats in self.results.values()):
             have = [m.value for m in SensitivityMetric if any(m.key in s for s in self.results.values())]
@@ -239,7 +240,7 @@ class SensitivityReport:
         One-on: largest MSE / AP drop, lowest SNR / cosine first. One-off: the layer whose staying float gains
         the most first (smallest MSE / AP drop, highest SNR / cosine). Ties keep model order; NaN ranks last.
         """
-        metric = self._check_metric(metric)
+        metric = self.check_metric(metric)
         worst_first = metric.higher_is_worse == (self.config.mode is SensitivityMode.ONE_ON)
         index = {name: i for i, name in enumerate(self.layers)}
 
@@ -263,7 +264,7 @@ class SensitivityReport:
 
     def table(self, k: int | None = None, metric: SensitivityMetric | str | None = None) -> str:
         """The ranked table (the ``k`` most sensitive layers, or all), aligned, one line per layer."""
-        metric = self.primary_metric if metric is None else self._check_metric(metric)
+        metric = self.primary_metric if metric is None else self.check_metric(metric)
         names = self.ranking(metric)[: k if k is not None else None]
         columns = [m for m in SensitivityMetric if any(m.key in s for s in self.results.values())]
         header = ["rank", "index", "layer"] + [m.key for m in columns]

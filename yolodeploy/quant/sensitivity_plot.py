@@ -63,7 +63,7 @@ def plot_sensitivity(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    metric = report._check_metric(metric)
+    metric = report.check_metric(metric)
     values, ylabel, log = _series(report, metric)
     top = set(report.top(top_k, metric))
     index = list(range(len(report.layers)))
