@@ -7,7 +7,8 @@ Usage:
 Steps:
 
 1. **Ours**, as subprocesses with the exact argv recorded: ``yolodeploy quantize MODEL --data D --ptq --img 224
-   --calib-images N -o OUT/<key>`` for ``ptq``, the same with ``--sensitive-topk 6`` for ``ptq_top6``, and
+   --calib-images N -o OUT/<key>`` for ``ptq``, the same with ``--sensitive-topk 6`` for ``ptq_top6``, with
+   ``--max-ap-drop 0.004 --cost-aware`` for ``ptq_cost`` (float layers picked by sensitivity per measured ms), and
    ``--qat --epochs E --qat-lr LR --learn-amax`` for ``qat`` (every layer quantized), ``--sensitive-topk 6 --qat
    --partial`` for ``qat_partial`` (QAT of the partial model: the paper's v1.0 "partial QAT", Table 16). Each run's
    ``quant_report.json`` names the files it wrote. ``--skip-ours`` reuses ``OUT/<key>``; ``--from KEY=DIR``
@@ -52,8 +53,12 @@ from quant_peers import NNCF_SETTINGS, ORT_SETTINGS, PEERS  # noqa: E402  (this 
 from yolodeploy.utils.io import atomic_write_text  # noqa: E402
 from yolodeploy.utils.markdown import markdown_table  # noqa: E402
 
-OURS = ("ptq", "ptq_top6", "qat", "qat_partial")
-REPORT_ROW = {"qat_partial": "qat"}  # the row (and file role) name in that run's own quant_report.json
+OURS = ("ptq", "ptq_top6", "ptq_cost", "qat", "qat_partial")
+#: The row (and file role) name in that run's own quant_report.json; DELIVERED: the INT8 row the run delivered
+#: (``ptq_top<K>``, K found by the run).
+DELIVERED = "@int8"
+REPORT_ROW = {"qat_partial": "qat", "ptq_cost": DELIVERED}
+COST_AWARE_DROP = 0.004  # --max-ap-drop of the ptq_cost row (the greedy measures fake-quant AP on PyTorch)
 ORDER = ("fp32", *OURS, "ort_quantize_static", "nncf")
 PEER_SETTINGS = {"ort_quantize_static": ORT_SETTINGS, "nncf": NNCF_SETTINGS}
 PAUSE_S = 0.1  # before each model's calls in a round: the other sessions' ORT worker threads stop spinning
@@ -62,6 +67,7 @@ LABELS = {
     "fp32": "FP32",
     "ptq": "ours: PTQ",
     "ptq_top6": "ours: partial PTQ (top-6 float)",
+    "ptq_cost": f"ours: partial PTQ (--max-ap-drop {COST_AWARE_DROP} --cost-aware)",
     "qat": "ours: QAT",
     "qat_partial": "ours: partial QAT (its --sensitive-topk layers float)",
     "ort_quantize_static": "ORT quantize_static (QDQ U8S8)",
@@ -92,15 +98,23 @@ def our_commands(args: argparse.Namespace, qat: list[str]) -> dict[str, list[str
         "ptq": [*base, "--ptq", "-o", str(out / "ptq")],
         "ptq_top6": [*base, "--ptq", "--sensitive-topk", str(args.topk), "-o", str(out / "ptq_top6")],
     }
+    cost_aware = ["--max-ap-drop", str(COST_AWARE_DROP), "--cost-aware"]
+    commands["ptq_cost"] = [*base, "--ptq", *cost_aware, "-o", str(out / "ptq_cost")]
     commands["qat"] = [*base, *qat, "-o", str(out / "qat")]
     partial = ["--sensitive-topk", str(args.topk), *qat, "--partial"]
     commands["qat_partial"] = [*base, *partial, "-o", str(out / "qat_partial")]
     return commands
 
 
+def _report_row(report: dict[str, Any], key: str) -> str:
+    """The name of our row ``key`` in its run's ``quant_report.json``."""
+    name = REPORT_ROW.get(key, key)
+    return str(report.get("int8")) if name == DELIVERED else name
+
+
 def _report_onnx(report: dict[str, Any], key: str, folder: Path) -> Path | None:
     """The ORT INT8 file of row ``key`` in a ``quant_report.json`` (tolerant of added keys), else a glob."""
-    key = REPORT_ROW.get(key, key)
+    key = _report_row(report, key)
     files = {role: Path(path) for role, path in (report.get("files") or {}).items() if str(path).endswith("_ort.onnx")}
     roles = ["int8_ort_onnx"] if key == report.get("int8") else []
     roles += [role for role in files if role.startswith(f"{key}_")]
@@ -133,7 +147,7 @@ def run_ours(key: str, argv: list[str], folder: Path, skip: bool) -> dict[str, A
         return {"error": f"no ORT INT8 file for {key} in {folder}", "command": report.get("command")}
     fp32 = (report.get("files") or {}).get("fp32_onnx") or str(folder / "fp32.onnx")
     command = report.get("command") or shlex.join(argv)
-    row = report["rows"].get(REPORT_ROW.get(key, key))
+    row = report["rows"].get(_report_row(report, key))
     return {"onnx": str(onnx_path), "fp32_onnx": fp32, "command": command, "pipeline_row": row}
 
 

@@ -26,6 +26,7 @@ def test_our_commands_cover_every_row(quant_demo):
     partial = commands["qat_partial"]
     assert partial[partial.index("--sensitive-topk") + 1] == "2" and "--partial" in partial
     assert "--partial" not in commands["qat"] and "--sensitive-topk" not in commands["qat"]
+    assert commands["ptq_cost"][-5:] == ["--max-ap-drop", "0.004", "--cost-aware", "-o", "o/ptq_cost"]
 
 
 def test_partial_qat_row_reads_the_qat_row_of_its_run(quant_demo, tmp_path):
@@ -46,6 +47,8 @@ def test_partial_qat_row_reads_the_qat_row_of_its_run(quant_demo, tmp_path):
     assert row["onnx"] == str(tmp_path / "qat_ort.onnx") and row["pipeline_row"] == {"ap": 0.45}
     assert row["command"] == report["command"]
     assert quant_demo.run_ours("ptq_top2", ["yolodeploy"], tmp_path, skip=True)["onnx"].endswith("int8_top2_ort.onnx")
+    cost_aware = quant_demo.run_ours("ptq_cost", ["yolodeploy"], tmp_path, skip=True)  # the run's delivered INT8
+    assert cost_aware["onnx"].endswith("int8_top2_ort.onnx") and cost_aware["pipeline_row"] == {"ap": 0.4}
 
 
 def test_openvino_rows_and_table_from_one_interleaved_run(quant_demo):
