@@ -4,10 +4,11 @@ Partial quantization (YOLOv6 §2.5.2) keeps the most sensitive layers float. In 
 high-resolution convs, which are also the most expensive to run in float. And a float conv in an int8 chain costs
 more than its own arithmetic. ONNX Runtime runs a conv in int8 only as DQ -> Conv -> Q, so the conv that feeds a
 float layer loses its output Q and runs float as well. On top of that, the layout switches around the island
-(int8 NHWC, float NCHW). On the demo model (Intel Xeon, 224 px, batch 1) one layer kept float cost between 0.01 ms
-(the stem: its int8 form is slow anyway) and 0.52 ms on a 2.1 ms INT8 model. The six most sensitive layers by MSE
-made the model 1.40x faster than FP32 instead of 2.07x, at 0.43 AP points below FP32. Six layers picked by MSE per
-measured millisecond gave 1.65x at 0.36 points below FP32 (README, "Cost-aware partial quantization").
+(int8 NHWC, float NCHW). On the demo model (Intel Xeon, 224 px, batch 1) one layer kept float cost between -0.04 ms
+(the stem: its int8 form is no faster) and +0.46 ms on a 2.1 ms INT8 model. With the six most sensitive layers by MSE
+float the model ran 1.38x faster than FP32 instead of 2.04x, 0.43 AP points below FP32. Walking the gain-per-ms
+order until the drop was small enough kept three layers float: 2.03x, 0.39 points below FP32 (README, "Cost-aware
+partial quantization").
 
 :func:`measure_float_costs` exports the ONNX Runtime Q/DQ graph once with every layer int8 and once for each
 candidate with only that layer float. It times all of them interleaved on ONNX Runtime CPU. A layer's cost is its
