@@ -7,7 +7,7 @@ from torch import Tensor
 
 from .shapes import halves
 
-__all__ = ["make_anchor_points", "dist2bbox", "cxcywh_to_xyxy", "xyxy_to_cxcywh"]
+__all__ = ["make_anchor_points", "dist2bbox", "decode_ltrb_channels", "cxcywh_to_xyxy", "xyxy_to_cxcywh"]
 
 
 def make_anchor_points(
@@ -42,6 +42,21 @@ def dist2bbox(distance: Tensor, points: Tensor, *, xywh: bool = False, dim: int 
     if xywh:
         return torch.cat(((x1y1 + x2y2) / 2, x2y2 - x1y1), dim)
     return torch.cat((x1y1, x2y2), dim)
+
+
+def decode_ltrb_channels(distances: Tensor, points: Tensor, point_strides: Tensor) -> Tensor:
+    """(B, 4, N) xyxy boxes in input pixels from (B, 4, N) left, top, right, bottom distances in grid units.
+
+    ``points`` (N, 2) and ``point_strides`` (N, 1) as :func:`make_anchor_points` returns them. The heads' exported
+    decoding: one ``Mul`` and one ``Add`` with constant (4, N) tables on the channel-first maps, so the graph needs a
+    single transpose to (B, N, 4 + C) at the very end instead of transposing, splitting and re-concatenating the
+    distances. Bit for bit ``dist2bbox(distances.transpose(1, 2), points) * point_strides`` when the strides are
+    powers of two (scaling by one commutes with rounding), as every zoo model's are.
+    """
+    signs = torch.tensor([-1.0, -1.0, 1.0, 1.0], dtype=distances.dtype, device=distances.device).view(4, 1)
+    scales = signs * point_strides.reshape(1, -1)
+    offsets = (points * point_strides).transpose(0, 1).repeat(2, 1)
+    return distances * scales + offsets
 
 
 def cxcywh_to_xyxy(boxes: Tensor) -> Tensor:

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .boxes import dist2bbox, make_anchor_points
+from .boxes import decode_ltrb_channels, make_anchor_points
 from .layers import ConvBNSiLU
 from .shapes import batch_dim, flatten_spatial, static_size
 
@@ -122,14 +122,14 @@ class EffiDeHead(nn.Module):
 
     def decode(self, raw: Sequence[tuple[Tensor, Tensor]]) -> Tensor:
         """(B, N, 4 + C) predictions (xyxy pixels, sigmoid scores) from :meth:`forward_raw` outputs."""
-        scores = torch.cat([flatten_spatial(cls.sigmoid()) for cls, _ in raw], -1).permute(0, 2, 1)
-        distances = torch.cat([self._distances(box) for _, box in raw], -1).permute(0, 2, 1)
+        scores = torch.cat([flatten_spatial(cls.sigmoid()) for cls, _ in raw], -1)
+        distances = torch.cat([self._distances(box) for _, box in raw], -1)
         sizes = [static_size(cls) for cls, _ in raw]
         points, point_strides = make_anchor_points(
             sizes, list(self.strides[: len(raw)]), dtype=distances.dtype, device=distances.device
         )
-        boxes = dist2bbox(distances, points) * point_strides
-        return torch.cat((boxes, scores), -1)
+        boxes = decode_ltrb_channels(distances, points, point_strides)
+        return torch.cat((boxes, scores), 1).permute(0, 2, 1)
 
     def forward(self, features: Sequence[Tensor]) -> Tensor | tuple:
         """Eval: decoded (B, N, 4 + C) predictions. Train: the raw outputs of :meth:`forward_train`."""

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .boxes import dist2bbox, make_anchor_points
+from .boxes import decode_ltrb_channels, make_anchor_points
 from .fuse import conv_bn_kernel_bias, fused_conv, pad_kernel
 from .layers import make_activation
 from .layers_v7 import DEFAULT_ACTIVATION, MP, SP, SPPCSPC, Concat, Conv, autopad
@@ -501,13 +501,13 @@ class Detect(nn.Module):
         """(B, N, 4 + C) predictions (xyxy pixels, sigmoid scores) from one branch's raw maps."""
         dfl = getattr(self, self.branch_names(branch % self.num_branches)[2])
         box, cls = torch.cat([flatten_spatial(level) for level in levels], 2).split((4 * self.reg_max, self.nc), 1)
-        distances = dfl(box).transpose(1, 2)
+        distances = dfl(box)
         sizes = [static_size(level) for level in levels]
         points, point_strides = make_anchor_points(
             sizes, list(self.strides), dtype=distances.dtype, device=distances.device
         )
-        boxes = dist2bbox(distances, points) * point_strides
-        return torch.cat((boxes, cls.sigmoid().transpose(1, 2)), -1)
+        boxes = decode_ltrb_channels(distances, points, point_strides)
+        return torch.cat((boxes, cls.sigmoid()), 1).transpose(1, 2)
 
     def forward(self, inputs: list[Tensor]) -> Tensor | list:
         if self.training:

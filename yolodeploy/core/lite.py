@@ -18,7 +18,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from .boxes import dist2bbox, make_anchor_points
+from .boxes import decode_ltrb_channels, make_anchor_points
 from .layers import ConvBN, ConvBNHS, batch_norm
 from .shapes import batch_dim, flatten_spatial, halves, static_size
 
@@ -288,16 +288,16 @@ class LiteEffiDeHead(nn.Module):
 
     def forward(self, features: list[Tensor]) -> Tensor | tuple[list[Tensor], Tensor, Tensor]:
         stems, class_logits, box_distances = self._forward_levels(features)
-        scores = torch.cat([flatten_spatial(logits) for logits in class_logits], 2).sigmoid().transpose(1, 2)
-        distances = torch.cat([flatten_spatial(distance) for distance in box_distances], 2).transpose(1, 2)
+        scores = torch.cat([flatten_spatial(logits) for logits in class_logits], 2).sigmoid()
+        distances = torch.cat([flatten_spatial(distance) for distance in box_distances], 2)
         if self.training:
-            return stems, scores, distances
-        return torch.cat((self.decode_boxes(distances, features), scores), -1)
+            return stems, scores.transpose(1, 2), distances.transpose(1, 2)
+        return torch.cat((self.decode_boxes(distances, features), scores), 1).transpose(1, 2)
 
     def decode_boxes(self, distances: Tensor, features: list[Tensor]) -> Tensor:
-        """xyxy boxes in input pixels from (B, N, 4) distances around the cell centres of ``features``."""
+        """(B, 4, N) xyxy boxes in input pixels from (B, 4, N) distances around the cell centres of ``features``."""
         sizes = [static_size(feature) for feature in features]
         points, point_strides = make_anchor_points(
             sizes, list(self.strides), 0.5, dtype=distances.dtype, device=distances.device
         )
-        return dist2bbox(distances, points) * point_strides
+        return decode_ltrb_channels(distances, points, point_strides)
