@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from yolodeploy.core.preprocess import random_image_batch
 from yolodeploy.deploy.runners.onnxrt import import_onnxruntime
 from yolodeploy.utils.markdown import markdown_table
 
@@ -92,7 +93,9 @@ def profile_model(path: str, img: int, batch: int, threads: int) -> dict[str, di
         options.enable_profiling = True
         options.profile_file_prefix = os.path.join(folder, "profile")
         session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
-        feed = {session.get_inputs()[0].name: np.random.rand(batch, 3, img, img).astype(np.float32)}
+        image = session.get_inputs()[0]
+        dtype = np.uint8 if image.type == "tensor(uint8)" else np.float32  # uint8: an export with --uint8-input
+        feed = {image.name: random_image_batch(batch, img, dtype)}
         for _ in range(WARMUP + calls):
             session.run(None, feed)
         with open(session.end_profiling()) as handle:

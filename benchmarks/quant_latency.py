@@ -25,6 +25,7 @@ import sys
 import numpy as np
 
 from yolodeploy.bench.latency import time_interleaved
+from yolodeploy.core.preprocess import random_image_batch
 from yolodeploy.deploy.runners import create_runner
 
 ROUNDS = 10
@@ -32,11 +33,16 @@ CALLS_PER_ROUND = {1: 20, 32: 3}
 PAUSE_S = 0.1  # before each model's calls in a round: the other sessions' worker threads stop spinning
 
 
+def _random_feed(runner, batch: int, img: int) -> dict[str, np.ndarray]:
+    """The same random pixels for every model, in its input format (float NCHW, or uint8 NHWC: ``--uint8-input``)."""
+    name, meta = next(iter(runner.input_metadata().items()))
+    return {name: random_image_batch(batch, img, meta.dtype)}
+
+
 def time_rounds(paths: list[str], img: int, batch: int, rounds: int, threads: int) -> dict[str, list[float]]:
     """Per model, its median milliseconds per call in each round (rounds interleaved across the models)."""
     runners = [create_runner(path, "ort", threads=threads).activate() for path in paths]
-    x = np.random.rand(batch, 3, img, img).astype(np.float32)
-    feeds = [{next(iter(runner.input_metadata())): x} for runner in runners]
+    feeds = [_random_feed(runner, batch, img) for runner in runners]
     fns = {path: (lambda r=runner, feed=feed: r.infer(feed)) for path, runner, feed in zip(paths, runners, feeds)}
     per_round: dict[str, list[float]] = {path: [] for path in paths}
     for index in range(rounds):

@@ -117,6 +117,16 @@ def test_e2e_stages_on_real_images(images):
     assert runner.feeds[-1] == ((2, 3, 64, 64), np.dtype(np.float16))
 
 
+def test_uint8_input_models_are_fed_raw_pixels(images):
+    """A ``--uint8-input`` export takes (B, H, W, 3) uint8: random batches and the e2e loop's letterboxed images."""
+    runner = FakeRunner(shape=("batch", 64, 64, 3), dtype=np.uint8)
+    run_benchmark(config(e2e=True, images=str(images), reference=False, batch_sizes=(2,)), runner=runner)
+    assert runner.feeds and all(feed == ((2, 64, 64, 3), np.dtype(np.uint8)) for feed in runner.feeds)
+    with pytest.raises(ConfigError, match="fixed at 64x64"):
+        fixed = FakeRunner(shape=("batch", 64, 64, 3), dtype=np.uint8)
+        run_benchmark(config(img_size=96, reference=False), runner=fixed)
+
+
 def test_e2e_with_raw_outputs_runs_nms(images):
     pytest.importorskip("yolodeploy.core.nms", reason="yolodeploy.core.nms (reference NMS) not present yet")
     result = run_benchmark(

@@ -140,6 +140,29 @@ def test_export_quantized_checkpoint_at_another_size(quantized_checkpoint, tiny_
         assert (a.infer({"images": x})["outputs"] == b.infer({"images": x})["outputs"]).all()
 
 
+def test_export_quantized_checkpoint_with_uint8_input(quantized_checkpoint, tiny_dataset, tmp_path):
+    """--uint8-input: the ORT flavour's image quantizer goes (the pixels are its output); identical outputs."""
+    from yolodeploy.core.preprocess import random_image_batch
+    from yolodeploy.deploy.runners.onnxrt import OnnxRuntimeRunner
+
+    ckpt, _ = quantized_checkpoint
+    paths = {kind: tmp_path / f"q_{kind}.onnx" for kind in ("float", "uint8")}
+    for kind, out in paths.items():
+        extra = ["--uint8-input"] if kind == "uint8" else []
+        args = ["export", ckpt, "-o", out, "--img", IMG, "--dynamic-batch", "--check-data", tiny_dataset, *extra]
+        result = run_cli(*args)
+        assert result.exit_code == 0, result.output
+    assert "uint8 input (B, 64, 64, 3): pixels feed the first conv's quantized input" in result.output
+    assert "(uint8 input vs float input): OK max_abs=0 " in result.output
+    graph = onnx.load(str(paths["uint8"])).graph
+    assert graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.UINT8
+    assert [node.op_type for node in graph.node if "images" in node.input] == ["Transpose"]
+    pixels = random_image_batch(2, 64, "uint8")
+    floats = random_image_batch(2, 64, "float32")
+    with OnnxRuntimeRunner(paths["float"], threads=1) as a, OnnxRuntimeRunner(paths["uint8"], threads=1) as b:
+        assert (a.infer({"images": floats})["outputs"] == b.infer({"images": pixels})["outputs"]).all()
+
+
 def test_export_quantized_checkpoint_refusals(quantized_checkpoint, tmp_path):
     ckpt, _ = quantized_checkpoint
     out = tmp_path / "q.onnx"

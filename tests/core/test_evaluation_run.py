@@ -36,6 +36,20 @@ def model():
     return randomize_for_verification_(create_model("yolov6n", num_classes=3), 0).eval()
 
 
+def test_uint8_input_export_evaluates_like_the_float_one(dataset, model, tmp_path):
+    """``export --uint8-input``: evaluation feeds the letterboxed pixels themselves; the same detections."""
+    from yolodeploy.deploy.export import export_onnx
+
+    paths = {kind: tmp_path / f"{kind}.onnx" for kind in ("float", "uint8")}
+    for kind, path in paths.items():
+        export_onnx(model, path, img_size=IMG, dynamic_batch=True, uint8_input=kind == "uint8")
+    results = {
+        kind: evaluate_model(EvalConfig(model=str(path), data=str(dataset.root), img_size=IMG, batch=3))
+        for kind, path in paths.items()
+    }
+    assert results["float"].detections and results["uint8"].detections == results["float"].detections
+
+
 def _metric_ok(value: float) -> bool:
     return value == -1 or 0 <= value <= 1
 

@@ -35,7 +35,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from ..core.preprocess import square_side
+from ..core.preprocess import image_batch, image_hw, random_image_batch, square_side
 from ..deploy.runners import ENGINE_SUFFIXES, ONNX_SUFFIXES, OPENVINO_SUFFIXES, Backend, detect_backend
 from ..errors import BenchmarkResultError, ConfigError
 from ..utils.io import atomic_write_text
@@ -417,7 +417,7 @@ def run_benchmark(
         reference_before = _measure_reference(config, stopwatch, host) if config.reference else None
         batches = []
         for batch_size in config.batch_sizes:
-            feed = {input_name: _random_batch(batch_size, img_size, dtype)}
+            feed = {input_name: random_image_batch(batch_size, img_size, dtype)}
             batches.append(_bench_batch(runner, feed, config, stopwatch, progress))
         reference_after = _measure_reference(config, stopwatch, host) if config.reference else None
         model_info.update(_runtime_info(runner, input_name, dtype, img_size, config))
@@ -458,8 +458,10 @@ def _input_spec(runner: Any, config: BenchConfig, model_input_size: Any) -> tupl
     name, meta = next(iter(metadata.items()))
     shape = tuple(meta.shape)
     if len(shape) != 4:
-        raise ConfigError(f"input {name!r} has shape {shape}; expected an image batch (B, 3, H, W)")
-    static = [dim for dim in shape[2:] if isinstance(dim, int)]
+        raise ConfigError(
+            f"input {name!r} has shape {shape}; expected an image batch (B, 3, H, W), or (B, H, W, 3) for uint8"
+        )
+    static = [dim for dim in image_hw(shape, meta.dtype) if isinstance(dim, int)]
     if static and (len(static) != 2 or static[0] != static[1]):
         raise ConfigError(f"input {name!r} has shape {shape}; the benchmark uses square images")
     size = config.img_size or (static[0] if static else None) or square_side(model_input_size) or 640
@@ -472,11 +474,6 @@ def _input_spec(runner: Any, config: BenchConfig, model_input_size: Any) -> tupl
                 "(yolodeploy export --dynamic-batch) or an engine profile that covers it"
             )
     return name, np.dtype(meta.dtype), int(size)
-
-
-def _random_batch(batch_size: int, img_size: int, dtype: np.dtype) -> np.ndarray:
-    rng = np.random.default_rng(0)
-    return rng.random((batch_size, 3, img_size, img_size), dtype=np.float32).astype(dtype)
 
 
 def _runtime_info(runner: Any, input_name: str, dtype: np.dtype, img_size: int, config: BenchConfig) -> dict:
@@ -587,7 +584,8 @@ class _EndToEnd:
         self.runner, self.config, self.stopwatch, self.cpu = runner, config, stopwatch, Stopwatch(False)
         self.paths = list_images(config.images)
         self.input_name, template = next(iter(feed.items()))
-        self.batch_size, _, self.height, self.width = template.shape
+        self.batch_size = template.shape[0]
+        self.height, self.width = image_hw(template.shape, template.dtype)
         self.dtype = template.dtype
         self.offset = 0
 
@@ -601,7 +599,7 @@ class _EndToEnd:
         return {"preprocess": pre, "inference": infer, "postprocess": post, "total": pre + infer + post}
 
     def _preprocess(self, paths: list[str]) -> tuple[np.ndarray, list[tuple]]:
-        from ..core.preprocess import letterbox, load_image, to_tensor_batch
+        from ..core.preprocess import letterbox, load_image
 
         images, metas = [], []
         for path in paths:
@@ -609,7 +607,7 @@ class _EndToEnd:
             padded, ratio, pad = letterbox(image, (self.height, self.width))
             images.append(padded)
             metas.append((ratio, pad, image.shape[:2]))
-        return to_tensor_batch(images, dtype=self.dtype), metas
+        return image_batch(images, dtype=self.dtype), metas
 
     def _postprocess(self, outputs: dict[str, np.ndarray], metas: list[tuple]) -> list[np.ndarray]:
         from ..core.preprocess import scale_boxes_back

@@ -43,6 +43,12 @@ __all__ = ["COMMANDS"]
     default=None,
     help="Quantized checkpoints: dataset root or image folder whose images the Q/DQ parity check runs on.",
 )
+@click.option(
+    "--uint8-input",
+    is_flag=True,
+    help="Take the letterboxed uint8 RGB image as (B, H, W, 3) and convert it in the graph (an INT8 ORT file "
+    "feeds it straight to its first conv).",
+)
 @click.option("--no-check", is_flag=True, help="Skip the ONNX Runtime parity check.")
 def export_command(
     checkpoint: str,
@@ -58,6 +64,7 @@ def export_command(
     exporter: str,
     flavour: str | None,
     check_data: str | None,
+    uint8_input: bool,
     no_check: bool,
 ) -> None:
     """Export the deploy form of CKPT to ONNX and check it in ONNX Runtime against PyTorch.
@@ -83,7 +90,9 @@ def export_command(
         if check_data is None and not no_check:
             raise ConfigError("a quantized checkpoint is checked on real images: pass --check-data DIR, or --no-check")
         img = img_size or square_side(getattr(model, "input_size", None)) or 640
-        lines = export_quantized(model, output, img, dynamic_batch, opset, flavour or "ort", check_data=check_data)
+        lines = export_quantized(
+            model, output, img, dynamic_batch, opset, flavour or "ort", check_data=check_data, uint8_input=uint8_input
+        )
         click.echo("\n".join(lines))
         return
     if flavour is not None or check_data is not None:
@@ -100,15 +109,25 @@ def export_command(
         nms=NMSConfig(nms, topk=topk, iou=iou, conf=conf),
         check=not no_check,
         exporter=exporter,
+        uint8_input=uint8_input,
     )
     click.echo("\n".join(report.lines()))
 
 
 def export_quantized(
-    qmodel, output: str, img: int, dynamic_batch: bool, opset: int, flavour: str, *, check_data: str | None
+    qmodel,
+    output: str,
+    img: int,
+    dynamic_batch: bool,
+    opset: int,
+    flavour: str,
+    *,
+    check_data: str | None,
+    uint8_input: bool = False,
 ) -> list[str]:
     """Q/DQ export of a quantized model; with ``check_data``, the file lands only if ONNX Runtime agrees with the
-    fake-quant model within one quantization step on 4 of its images (letterboxed like calibration)."""
+    fake-quant model within one quantization step on 4 of its images (letterboxed like calibration). With
+    ``uint8_input`` the checked file then takes raw uint8 pixels (identical outputs, checked)."""
     import onnx
 
     from ..errors import ExportError
@@ -130,7 +149,29 @@ def export_quantized(
             if not parity.ok:
                 raise ExportError(f"file not written: {parity.summary()}")
             lines.append(f"  {parity.summary()}")
+        if uint8_input:
+            lines.append(f"  {_to_uint8_input(tmp, img)}")
     return lines
+
+
+def _to_uint8_input(path, img: int) -> str:
+    """Rewrite the ONNX file at ``path`` to take uint8 pixels; the check line (ExportError if not identical)."""
+    import onnx
+
+    from ..deploy.image_input import check_uint8_input, uint8_image_input
+    from ..errors import ExportError
+
+    float_model = onnx.load(str(path))
+    uint8_model = uint8_image_input(float_model)
+    exact, _, _ = check_uint8_input(float_model, uint8_model, img)
+    if not exact:
+        raise ExportError(f"file not written: {exact}")
+    onnx.save(uint8_model, str(path))
+    removed = sum(node.op_type == "QuantizeLinear" for node in float_model.graph.node) - sum(
+        node.op_type == "QuantizeLinear" for node in uint8_model.graph.node
+    )
+    how = "pixels feed the first conv's quantized input" if removed else "converted to float in the graph"
+    return f"uint8 input (B, {img}, {img}, 3): {how}; {exact}"
 
 
 def _batch_list(value: str | None) -> list[int]:

@@ -1,6 +1,7 @@
 """End-to-end COCO evaluation of a model on a dataset split, identical for every backend.
 
-Every backend sees the same input (``letterbox`` + ``to_tensor_batch``) and its raw ``(B, N, 4 + C)`` output goes
+Every backend sees the same input (``letterbox`` + ``image_batch``: float NCHW, or the pixels themselves for a
+uint8-input export) and its raw ``(B, N, 4 + C)`` output goes
 through the same ``postprocess_predictions`` (``batched_nms``) and ``detections_to_coco_json``; pycocotools
 (``evaluate_coco``) computes the metrics. Models with an NMS tail are refused: their NMS would differ.
 """
@@ -18,7 +19,7 @@ import numpy as np
 
 from ..errors import ConfigError, DatasetError
 from .evaluate import COCOMetrics, detections_to_coco_json, evaluate_coco, postprocess_predictions
-from .preprocess import letterbox, to_tensor_batch
+from .preprocess import image_batch, letterbox
 
 __all__ = ["EvalConfig", "EvalResult", "evaluate_model", "resolve_split"]
 
@@ -212,7 +213,7 @@ def evaluate_model(config: EvalConfig, *, model=None, runner=None) -> EvalResult
             while len(padded) < batch and isinstance(runner.input_metadata()[INPUT_NAME].shape[0], int):
                 padded.append(padded[-1])  # a fixed-batch model: fill the last batch, drop the extras below
             tick = time.perf_counter()
-            raw = runner.infer({INPUT_NAME: to_tensor_batch(padded, dtype=dtype)})[OUTPUT_NAME]
+            raw = runner.infer({INPUT_NAME: image_batch(padded, dtype=dtype)})[OUTPUT_NAME]
             infer_seconds += time.perf_counter() - tick
             raw = np.asarray(raw, dtype=np.float32)[: len(indices)]
             dets = postprocess_predictions(

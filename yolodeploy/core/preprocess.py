@@ -23,9 +23,13 @@ import numpy as np
 from ..errors import ImageError
 
 __all__ = [
-    "letterbox", "load_image", "to_tensor_batch", "scale_boxes_back", "IMAGE_SUFFIXES", "list_images", "square_side"
+    "letterbox", "load_image", "check_image_batch", "to_tensor_batch", "scale_boxes_back", "IMAGE_SUFFIXES",
+    "list_images", "square_side", "PIXEL_SCALE", "is_uint8_image_input", "image_hw", "image_batch",
+    "random_image_batch",
 ]  # fmt: skip
 
+#: The float32 factor that maps a uint8 pixel to [0, 1].
+PIXEL_SCALE = np.float32(1 / 255)
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
 
@@ -132,18 +136,53 @@ def list_images(directory: str | os.PathLike) -> list[str]:
     return [os.path.join(directory, name) for name in names]
 
 
-def to_tensor_batch(images: Sequence[np.ndarray], dtype: np.dtype | type = np.float32) -> np.ndarray:
-    """Stack same-size HWC uint8 RGB images into a contiguous ``(B, 3, H, W)`` array scaled to [0, 1]."""
+def check_image_batch(images: Sequence[np.ndarray]) -> None:
+    """Raise ``ImageError`` unless ``images`` are one or more HWC uint8 RGB images of one size."""
     if len(images) == 0:
-        raise ImageError("to_tensor_batch needs at least one image")
+        raise ImageError("an image batch needs at least one image")
     for image in images:
         _check_image(image)
     shapes = {image.shape for image in images}
     if len(shapes) != 1:
         raise ImageError(f"images of a batch must share one size (letterbox them first), got {sorted(shapes)}")
+
+
+def to_tensor_batch(images: Sequence[np.ndarray], dtype: np.dtype | type = np.float32) -> np.ndarray:
+    """Stack same-size HWC uint8 RGB images into a contiguous ``(B, 3, H, W)`` array scaled to [0, 1]."""
+    check_image_batch(images)
     batch = np.stack(images).transpose(0, 3, 1, 2).astype(np.float32)
-    batch *= np.float32(1 / 255)
+    batch *= PIXEL_SCALE
     return np.ascontiguousarray(batch, dtype=dtype)
+
+
+def is_uint8_image_input(dtype: np.dtype | type) -> bool:
+    """True for a model whose image input is raw uint8 ``(B, H, W, 3)`` (``deploy.image_input.uint8_image_input``)."""
+    return np.dtype(dtype) == np.uint8
+
+
+def image_hw(shape: Sequence, dtype: np.dtype | type) -> tuple:
+    """The ``(H, W)`` dims of an image input's shape: ``(B, H, W, 3)`` for uint8 input, else ``(B, 3, H, W)``."""
+    return tuple(shape[1:3]) if is_uint8_image_input(dtype) else tuple(shape[2:4])
+
+
+def image_batch(images: Sequence[np.ndarray], dtype: np.dtype | type = np.float32) -> np.ndarray:
+    """Same-size letterboxed HWC uint8 RGB images as the model input of ``dtype``: stacked as they are for uint8
+    input, else ``to_tensor_batch`` (channels-first, scaled to [0, 1])."""
+    if not is_uint8_image_input(dtype):
+        return to_tensor_batch(images, dtype=dtype)
+    check_image_batch(images)
+    return np.ascontiguousarray(np.stack(images))
+
+
+def random_image_batch(
+    batch: int, size: int | Sequence[int], dtype: np.dtype | type = np.float32, seed: int = 0
+) -> np.ndarray:
+    """Random pixels as the model input of ``dtype`` (see :func:`image_batch`); ``size`` is the side of a square
+    image or ``(H, W)``. The same ``seed`` gives the same pixels in every format, so a uint8-input model and a
+    float one see the same image."""
+    height, width = (size, size) if isinstance(size, int) else tuple(size)
+    pixels = np.random.default_rng(seed).integers(0, 256, (batch, height, width, 3), dtype=np.uint8)
+    return image_batch(list(pixels), dtype)
 
 
 def scale_boxes_back(

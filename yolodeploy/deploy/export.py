@@ -54,6 +54,7 @@ from ..core.reparam import reparameterize_model
 from ..errors import CheckpointError, ConfigError, ExportError, OnnxModelError
 from ..utils.io import atomic_path
 from ..utils.optional import import_optional
+from .image_input import check_uint8_input, uint8_image_input
 from .nms import NMS_OUTPUT_NAMES, RAW_OUTPUT_NAME, NMSConfig, NMSKind, append_nms
 from .onnx_utils import TensorMeta, check_opset, onnx_io
 
@@ -393,6 +394,7 @@ def export_onnx(
     nms: NMSConfig | None = None,
     check: bool = True,
     exporter: Exporter | str = Exporter.TORCHSCRIPT,
+    uint8_input: bool = False,
 ) -> ExportReport:
     """Export the deploy form of a detector to ONNX and prove the file right in ONNX Runtime.
 
@@ -406,6 +408,8 @@ def export_onnx(
         nms: append an NMS tail (``NMSConfig("ort")`` or ``NMSConfig("trt")``); None: raw output.
         check: run the ONNX Runtime parity checks (raw output vs PyTorch; ORT NMS vs ``batched_nms``).
         exporter: ``"torchscript"`` (default) or ``"dynamo"``.
+        uint8_input: take the letterboxed uint8 RGB image as ``(B, H, W, 3)`` and convert it in the graph
+            (``deploy.image_input``; checked: identical outputs to the float-input graph).
 
     Returns:
         An ``ExportReport``; ``report.parity`` holds one ``CompareResult`` per checked output.
@@ -430,6 +434,12 @@ def export_onnx(
         tolerance = HALF_TOLERANCE if half else RAW_TOLERANCE
         raw_result, raw_output = check_raw_parity(proto, feed, reference, tolerance=tolerance)
         parity.append(raw_result)
+    if uint8_input:
+        float_proto, proto = proto, uint8_image_input(proto)
+        if check:
+            exact, pixels, raw_output = check_uint8_input(float_proto, proto, img_size, batch=feed.shape[0])
+            parity.append(exact)
+            feed = torch.from_numpy(pixels)
     if nms is not None:
         proto = append_nms(proto, nms)
         _run_checker(proto, exporter)

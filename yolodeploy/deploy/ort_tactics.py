@@ -309,6 +309,10 @@ def compare_whole_models(
     timer = timer or interleaved_timer(threads, rounds=7, round_seconds=0.05, pause_s=0.1)
     dims = original.graph.input[0].type.tensor_type.shape.dim
     shape = (batch, *(d.dim_value for d in dims[1:]))
-    feed = np.random.default_rng(0).random(shape, dtype=np.float32)
+    rng = np.random.default_rng(0)
+    if original.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.UINT8:  # export --uint8-input
+        feed = rng.integers(0, 256, shape, dtype=np.uint8)
+    else:
+        feed = rng.random(shape, dtype=np.float32)
     original_us, tuned_us, ratio = _medians(timer(original, tuned, feed))
     return {"original_ms": original_us / 1e3, "tuned_ms": tuned_us / 1e3, "ratio": ratio}
