@@ -9,9 +9,10 @@ would slow the next model's calls, as in ``quant_demo.py``) and then its timed c
 the same background load. Per model: the median over rounds of its per-round median call time, and the speed-up
 over the FIRST file as the median of the per-round ratios, with their range (lowest-highest round). On a shared
 host the load drifts between rounds; a ratio taken inside one round cancels most of that drift, and the range
-shows how much is left. ``OnnxRuntimeRunner`` with ``--threads`` (2), all graph optimizations, one random input per
-batch size shared by all models. Prints one line per model and batch size; ``--json FILE`` also writes them, with
-the per-round times, the command and the machine (CPU model and SIMD flags: the ratios depend on the CPU).
+shows how much is left. ``OnnxRuntimeRunner`` with ``--threads`` (2), all graph optimizations, one random image per
+batch size shared by all models (as float NCHW, or as the pixels themselves for an ``export --uint8-input`` file).
+Prints one line per model and batch size; ``--json FILE`` also writes them, with the per-round times, the command
+and the machine (CPU model and SIMD flags: the ratios depend on the CPU).
 """
 
 from __future__ import annotations
