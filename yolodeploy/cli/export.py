@@ -144,17 +144,17 @@ def export_quantized(
         if check_data is not None:
             # 4 images are plenty for a parity check: no "too few calibration images" warning
             paths = calibration_images(check_data, count=4, min_recommended=0)
-            batches = calibration_batches(paths, img, batch=2)
+            batches = calibration_batches(paths, img, batch=2 if dynamic_batch else 1)
             parity = check_qdq_parity(qmodel, tmp, batches, flavour=flavour)
             if not parity.ok:
                 raise ExportError(f"file not written: {parity.summary()}")
             lines.append(f"  {parity.summary()}")
         if uint8_input:
-            lines.append(f"  {_to_uint8_input(tmp, img)}")
+            lines.append(f"  {_to_uint8_input(tmp, img, batch=2 if dynamic_batch else 1)}")
     return lines
 
 
-def _to_uint8_input(path, img: int) -> str:
+def _to_uint8_input(path, img: int, batch: int) -> str:
     """Rewrite the ONNX file at ``path`` to take uint8 pixels; the check line (ExportError if not identical)."""
     import onnx
 
@@ -163,7 +163,7 @@ def _to_uint8_input(path, img: int) -> str:
 
     float_model = onnx.load(str(path))
     uint8_model = uint8_image_input(float_model)
-    exact, _, _ = check_uint8_input(float_model, uint8_model, img)
+    exact, _, _ = check_uint8_input(float_model, uint8_model, img, batch=batch)
     if not exact:
         raise ExportError(f"file not written: {exact}")
     onnx.save(uint8_model, str(path))

@@ -21,8 +21,10 @@
      ``quantize_pass_through_inputs`` (Q/DQ moved in front of Concat / MaxPool / nearest Resize, so each Relu or
      Conv feeds one Q) -> ``merge_duplicate_quantizers`` -> ``to_uint8_activations``, so that every signed
      pair, including the ones the earlier passes added, becomes uint8 zero point 128 -> ``pad_conv_input_channels``
-     last (:mod:`yolodeploy.deploy.qdq_channels`: the 3-channel first conv gets a zero fourth channel, so ORT runs
-     it with its fast symmetric int8 kernel instead of im2col);
+     (:mod:`yolodeploy.deploy.qdq_channels`: the 3-channel first conv gets a zero fourth channel, so ORT runs
+     it with its fast symmetric int8 kernel instead of im2col) -> ``convs_to_matmul`` last
+     (:mod:`yolodeploy.deploy.qdq_matmul`: the 1x1 int8 convs whose outputs stay float become channels-last MatMuls
+     that ORT runs as ``MatMulIntegerToFloat``; equal up to the order of float sums);
 
 4. the opset is checked again, ``onnx.checker`` (full check), and for the ``trt`` flavour
    ``check_trt_qdq_rules`` (the violations are returned in the report; ``strict=True`` refuses to write); for
@@ -67,6 +69,7 @@ from ..deploy.nms import RAW_OUTPUT_NAME
 from ..deploy.onnx_utils import check_opset
 from ..deploy.qdq_channels import pad_conv_input_channels
 from ..deploy.qdq_check import Violation, check_trt_qdq_rules
+from ..deploy.qdq_matmul import convs_to_matmul
 from ..deploy.qdq_passes import (
     ORT_INT8_OPS,
     TieScalesReport,
@@ -104,7 +107,9 @@ DEFAULT_MAX_FRACTION = 0.02
 MAX_MEAN_STEPS = 0.25
 #: The ops :func:`ort_fusion_summary` counts: int8 convs, float convs (plain / with a fused activation), and the
 #: DequantizeLinear nodes left between int8 and float kernels.
-FUSION_OPS = ("QLinearConv", "Conv", "FusedConv", "QLinearSigmoid", "QLinearMul", "DequantizeLinear")
+FUSION_OPS = (
+    "QLinearConv", "MatMulIntegerToFloat", "Conv", "FusedConv", "QLinearSigmoid", "QLinearMul", "DequantizeLinear"
+)  # fmt: skip
 
 
 class QdqFlavour(Choice):
@@ -224,16 +229,17 @@ def _trt_passes(proto: onnx.ModelProto) -> onnx.ModelProto:
 
 
 def _ort_passes(proto: onnx.ModelProto) -> onnx.ModelProto:
-    """The ``ort`` passes (module docstring, step 3), all exact."""
+    """The ``ort`` passes (module docstring, step 3), all exact but the last (float summation order)."""
     proto = fold_weight_quantizers(eliminate_redundant_qdq(proto, keep_conv_outputs=True, int8_ops=ORT_INT8_OPS))
     proto = merge_duplicate_quantizers(quantize_pass_through_inputs(proto))
-    return pad_conv_input_channels(to_uint8_activations(proto))
+    return convs_to_matmul(pad_conv_input_channels(to_uint8_activations(proto)))
 
 
 def ort_fusion_summary(model: str | os.PathLike | onnx.ModelProto, threads: int = 1) -> dict[str, int]:
     """Op counts (:data:`FUSION_OPS`) of the graph ONNX Runtime actually runs (CPU EP, all optimizations).
 
-    ``QLinearConv`` convs run in int8; ``Conv`` / ``FusedConv`` ones in float (a quantized conv ORT could not
+    ``QLinearConv`` convs run in int8, ``MatMulIntegerToFloat`` 1x1 convs in int8 with a float output
+    (``convs_to_matmul``); ``Conv`` / ``FusedConv`` ones in float (a quantized conv ORT could not
     fuse shows up here, with the ``DequantizeLinear`` nodes feeding it); ``QLinearSigmoid`` + ``QLinearMul`` are
     the SiLUs run in int8 (``QuantSiLU``).
 
