@@ -6,9 +6,10 @@ Usage:
 Explains a speed-up figure rather than measuring one (``quant_latency.py`` does that): ONNX Runtime's profiler
 (``SessionOptions.enable_profiling``) records every kernel's duration, and this script sums them per *part* of the
 network: the top-level module scope of the node's name (``/backbone/...`` -> backbone, ``/neck``, ``/detect``)
-and the kind of op (``conv``: Conv / FusedConv / QLinearConv; ``layout``: Transpose and the NCHWc reorders;
-``q/dq``; ``int8 act``: QLinearSigmoid / QLinearMul; ``other``). The first conv (the one that reads the image, with
-3 input channels) is its own part, ``first conv``. Rules, no layer names: it works for every zoo model.
+and the kind of op (``conv``: Conv / FusedConv / QLinearConv / MatMulIntegerToFloat; ``layout``: Transpose and
+the NCHWc reorders; ``q/dq``; ``int8 act``: QLinearSigmoid / QLinearMul; ``other``). The first conv (the one that
+reads the image, with 3 input channels) is its own part, ``first conv``. Rules, no layer names: it works for every
+zoo model.
 
 The profiler adds a fixed cost to every node, so the per-part sums add up to more than a plain call and the
 INT8 graph, which has more nodes, is penalized more: read the ratios per part, not the totals, and take
@@ -34,7 +35,7 @@ from yolodeploy.utils.markdown import markdown_table
 
 CALLS = {1: 120, 32: 8}  # counted calls per batch size, after WARMUP profiled but not counted ones
 WARMUP = 10
-CONV_OPS = {"Conv", "FusedConv", "QLinearConv"}
+CONV_OPS = {"Conv", "FusedConv", "QLinearConv", "MatMulIntegerToFloat"}  # the last: 1x1 convs (convs_to_matmul)
 LAYOUT_OPS = {"Transpose", "ReorderInput", "ReorderOutput"}
 QDQ_OPS = {"QuantizeLinear", "DequantizeLinear"}
 INT8_ACTIVATION_OPS = {"QLinearSigmoid", "QLinearMul", "QLinearLeakyRelu", "QLinearAdd"}
