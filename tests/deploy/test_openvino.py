@@ -114,6 +114,7 @@ def test_int8_ort_flavour_matches_the_fake_quant_model(qmodel, int8_ort_onnx):
     assert report.ok, report.summary()
     precisions = conv_precisions(import_openvino().Core().read_model(str(int8_ort_onnx)))
     assert precisions.get("Convolution u8", 0) >= 60 and "Convolution f32" not in precisions, precisions
+    assert "FullyConnected f32" not in precisions, precisions  # the 1x1 convs written as MatMuls run int8 too
 
 
 @needs_openvino

@@ -32,7 +32,8 @@ from .tensorrt_build import file_sha256, sidecar_path
 __all__ = ["OpenVINOBuildReport", "convert_to_ir", "default_ir_path", "conv_precisions"]
 
 SIDECAR_FORMAT = "yolodeploy-openvino-ir"
-CONV_LAYERS = ("Convolution", "GroupConvolution", "Deconvolution")
+#: Layer types counted as convs; ``FullyConnected`` is how OpenVINO runs the 1x1 convs ``convs_to_matmul`` wrote.
+CONV_LAYERS = ("Convolution", "GroupConvolution", "Deconvolution", "FullyConnected")
 
 
 @dataclasses.dataclass
