@@ -34,6 +34,14 @@ def test_export_registry_name_with_nms(exported):
     assert [o.name for o in onnx.load(str(path)).graph.output] == ["num_dets", "det_boxes", "det_scores", "det_classes"]
 
 
+def test_export_half_with_uint8_input_is_exact(tmp_path):
+    path = tmp_path / "half_u8.onnx"
+    result = run_cli("export", "yolov6n", "-o", path, "--img", IMG, "--half", "--uint8-input")
+    assert result.exit_code == 0, result.output
+    assert "inputs         images uint8 1x64x64x3" in result.output
+    assert "(uint8 input vs float input): OK max_abs=0 " in result.output
+
+
 def test_export_checkpoint_half_trt_no_check(tmp_path):
     torch.manual_seed(0)
     ckpt = save_checkpoint(create_model("yolov6n", num_classes=3), tmp_path / "n.safetensors")

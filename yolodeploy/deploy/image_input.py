@@ -71,9 +71,9 @@ def _image_input(graph: gs.Graph, name: str) -> gs.Variable:
 def uint8_image_input(model: onnx.ModelProto, input_name: str = "images") -> onnx.ModelProto:
     """``model`` with its float ``(B, 3, H, W)`` image input replaced by raw uint8 ``(B, H, W, 3)`` pixels.
 
-    Exact: float consumers get ``Cast(Transpose(pixels)) * float32(1 / 255)`` (cast back to float16 for an fp16
-    model); a uint8 QuantizeLinear that maps every pixel level back to itself is removed and its consumers read
-    the transposed pixels. Raises ``ConfigError`` when there is no such input.
+    Exact: float consumers get ``Cast(Transpose(pixels)) * float32(1 / 255)`` (an fp16 model: the same values
+    from a 256-entry table); a uint8 QuantizeLinear that maps every pixel level back to itself is removed and its
+    consumers read the transposed pixels. Raises ``ConfigError`` when there is no such input.
     """
     graph = import_graph(model)
     image = _image_input(graph, input_name)
@@ -131,17 +131,24 @@ def _drop_channel_pad(pad: gs.Node) -> None:
 
 
 def _float_pixels(graph: gs.Graph, pixels: gs.Variable, dtype: np.dtype) -> gs.Variable:
-    """``Cast(pixels, float32) * float32(1 / 255)`` (then Cast to float16 for an fp16 model): ``to_tensor_batch``."""
+    """The pixels as ``to_tensor_batch`` makes them: ``Cast(pixels, float32) * float32(1 / 255)``; for an fp16 model
+    a 256-entry float16 table of those values, gathered (ONNX Runtime's float32 -> float16 Cast rounds some values
+    differently from NumPy's)."""
+    if dtype != np.float32:
+        indices = gs.Variable(f"{pixels.name}_indices", dtype=np.int32)
+        table = new_constant(
+            graph, f"{pixels.name}_levels", (np.arange(256, dtype=np.float32) * PIXEL_SCALE).astype(dtype)
+        )
+        half = gs.Variable(f"{pixels.name}_{dtype.name}", dtype=dtype)
+        graph.nodes.append(gs.Node("Cast", f"{pixels.name}_cast", {"to": onnx.TensorProto.INT32}, [pixels], [indices]))
+        graph.nodes.append(gs.Node("Gather", f"{pixels.name}_lookup", {"axis": 0}, [table, indices], [half]))
+        return half
     as_float = gs.Variable(f"{pixels.name}_float", dtype=np.float32)
     scaled = gs.Variable(f"{pixels.name}_scaled", dtype=np.float32)
     scale = new_constant(graph, f"{pixels.name}_pixel_scale", np.array(PIXEL_SCALE, dtype=np.float32))
     graph.nodes.append(gs.Node("Cast", f"{pixels.name}_cast", {"to": onnx.TensorProto.FLOAT}, [pixels], [as_float]))
     graph.nodes.append(gs.Node("Mul", f"{pixels.name}_scale", inputs=[as_float, scale], outputs=[scaled]))
-    if dtype == np.float32:
-        return scaled
-    half = gs.Variable(f"{pixels.name}_half", dtype=np.float16)
-    graph.nodes.append(gs.Node("Cast", f"{pixels.name}_cast_half", {"to": onnx.TensorProto.FLOAT16}, [scaled], [half]))
-    return half
+    return scaled
 
 
 def _run_unoptimized(model: onnx.ModelProto, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
