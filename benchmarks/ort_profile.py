@@ -27,10 +27,8 @@ import shlex
 import tempfile
 from typing import Any
 
-import numpy as np
-
 from yolodeploy.core.preprocess import random_image_batch
-from yolodeploy.deploy.runners.onnxrt import import_onnxruntime
+from yolodeploy.deploy.runners.onnxrt import ORT_TYPES, import_onnxruntime
 from yolodeploy.utils.markdown import markdown_table
 
 CALLS = {1: 120, 32: 8}  # counted calls per batch size, after WARMUP profiled but not counted ones
@@ -94,9 +92,8 @@ def profile_model(path: str, img: int, batch: int, threads: int) -> dict[str, di
         options.enable_profiling = True
         options.profile_file_prefix = os.path.join(folder, "profile")
         session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
-        image = session.get_inputs()[0]
-        dtype = np.uint8 if image.type == "tensor(uint8)" else np.float32  # uint8: an export with --uint8-input
-        feed = {image.name: random_image_batch(batch, img, dtype)}
+        image = session.get_inputs()[0]  # a uint8 one: an export with --uint8-input
+        feed = {image.name: random_image_batch(batch, img, ORT_TYPES[image.type])}
         for _ in range(WARMUP + calls):
             session.run(None, feed)
         with open(session.end_profiling()) as handle:

@@ -24,11 +24,9 @@ from .qdq_graph import (
     conv_integer_weight,
     export_graph,
     import_graph,
-    input_q,
     new_constant,
     new_node,
-    scale_of,
-    zero_point_of,
+    per_tensor_input_dq,
 )
 
 __all__ = ["CHANNEL_MULTIPLE", "pad_conv_input_channels"]
@@ -48,11 +46,7 @@ def _needs_padding(conv: gs.Node, weight: np.ndarray, multiple: int) -> bool:
         and out_channels >= MIN_OUTPUT_CHANNELS
         and out_channels % OUTPUT_CHANNEL_MULTIPLE == 0
     )
-    if not shape_ok or input_q(conv.inputs[0]) is None:
-        return False
-    dq = conv.inputs[0].inputs[0]
-    scale = scale_of(dq)
-    return scale is not None and scale.size == 1 and zero_point_of(dq) is not None
+    return shape_ok and per_tensor_input_dq(conv) is not None
 
 
 def _pad_input(graph: gs.Graph, conv: gs.Node, rank: int, extra: int) -> None:

@@ -18,6 +18,7 @@ __all__ = [
     "is_activation_q",
     "dq_consumers",
     "input_q",
+    "per_tensor_input_dq",
     "output_qs",
     "scale_of",
     "zero_point_of",
@@ -88,6 +89,15 @@ def input_q(tensor: gs.Tensor) -> gs.Node | None:
         return None
     q = dq.inputs[0].inputs[0] if dq.inputs[0].inputs else None
     return q if q is not None and is_activation_q(q) else None
+
+
+def per_tensor_input_dq(node: gs.Node) -> gs.Node | None:
+    """The DQ of ``node``'s first input when it is DQ(Q(x)) with a constant per-tensor scale and zero point."""
+    if input_q(node.inputs[0]) is None:
+        return None
+    dq = node.inputs[0].inputs[0]
+    scale = scale_of(dq)
+    return dq if scale is not None and scale.size == 1 and zero_point_of(dq) is not None else None
 
 
 def output_qs(tensor: gs.Tensor) -> list[gs.Node]:

@@ -26,9 +26,8 @@ from .qdq_graph import (
     conv_integer_weight,
     export_graph,
     import_graph,
-    input_q,
     new_constant,
-    scale_of,
+    per_tensor_input_dq,
     zero_point_of,
 )
 
@@ -50,13 +49,9 @@ def _pointwise_int8(conv: gs.Node) -> tuple[gs.Node, np.ndarray] | None:
         return None
     attrs = conv.attrs
     plain = int(attrs.get("group", 1)) == 1 and all(v == 1 for v in attrs.get("strides", [1, 1]))
-    if not plain or any(attrs.get("pads", [0, 0, 0, 0])) or input_q(conv.inputs[0]) is None:
+    if not plain or any(attrs.get("pads", [0, 0, 0, 0])) or per_tensor_input_dq(conv) is None:
         return None
-    if len(conv.inputs) > 2 and const_value(conv.inputs[2]) is None:
-        return None
-    dq = conv.inputs[0].inputs[0]
-    scale = scale_of(dq)
-    return found if scale is not None and scale.size == 1 else None
+    return found if len(conv.inputs) < 3 or const_value(conv.inputs[2]) is not None else None
 
 
 def _as_matmul(graph: gs.Graph, conv: gs.Node, weight_dq: gs.Node, weight: np.ndarray) -> None:
