@@ -149,7 +149,8 @@ def test_export_quantized_checkpoint_at_another_size(quantized_checkpoint, tiny_
 
 
 def test_export_quantized_checkpoint_with_uint8_input(quantized_checkpoint, tiny_dataset, tmp_path):
-    """--uint8-input: the ORT flavour's image quantizer goes (the pixels are its output); identical outputs."""
+    """--uint8-input: the ORT flavour's image quantizer goes (the pixels are its output), the stem reads 4-column
+    groups; identical outputs."""
     from yolodeploy.core.preprocess import random_image_batch
     from yolodeploy.deploy.runners.onnxrt import OnnxRuntimeRunner
 
@@ -162,9 +163,10 @@ def test_export_quantized_checkpoint_with_uint8_input(quantized_checkpoint, tiny
         assert result.exit_code == 0, result.output
     assert "uint8 input (B, 64, 64, 3): pixels feed the first conv's quantized input" in result.output
     assert "(uint8 input vs float input): OK max_abs=0 " in result.output
+    assert "stem: reads 4-column groups (12 channels), identical outputs" in result.output
     graph = onnx.load(str(paths["uint8"])).graph
     assert graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.UINT8
-    assert [node.op_type for node in graph.node if "images" in node.input] == ["Transpose"]
+    assert [node.op_type for node in graph.node if "images" in node.input] == ["Reshape"]  # to 4-column groups
     pixels = random_image_batch(2, 64, "uint8")
     floats = random_image_batch(2, 64, "float32")
     with OnnxRuntimeRunner(paths["float"], threads=1) as a, OnnxRuntimeRunner(paths["uint8"], threads=1) as b:

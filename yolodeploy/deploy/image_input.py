@@ -39,7 +39,7 @@ from .qdq_graph import (
     zero_point_of,
 )
 
-__all__ = ["uint8_image_input", "check_uint8_input"]
+__all__ = ["uint8_image_input", "check_uint8_input", "to_uint8_input", "run_onnx"]
 
 _LEVELS = np.arange(256, dtype=np.float32) * PIXEL_SCALE  # every value a [0, 1] image pixel can take
 
@@ -151,12 +151,14 @@ def _float_pixels(graph: gs.Graph, pixels: gs.Variable, dtype: np.dtype) -> gs.V
     return scaled
 
 
-def _run_unoptimized(model: onnx.ModelProto, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+def run_onnx(model: onnx.ModelProto, feed: dict[str, np.ndarray], *, optimize: bool = False) -> list[np.ndarray]:
+    """All outputs of ``model`` on ONNX Runtime's CPU EP, without graph optimizations unless ``optimize``."""
     from .runners.onnxrt import import_onnxruntime
 
     onnxruntime = import_onnxruntime()
     options = onnxruntime.SessionOptions()
-    options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_DISABLE_ALL
+    if not optimize:
+        options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_DISABLE_ALL
     try:
         session = onnxruntime.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
         return session.run(None, feed)
@@ -178,8 +180,8 @@ def check_uint8_input(
     first output."""
     pixels = random_image_batch(batch, img_size, np.uint8, seed)
     float_dtype = onnx.helper.tensor_dtype_to_np_dtype(float_model.graph.input[0].type.tensor_type.elem_type)
-    (reference, *_) = _run_unoptimized(float_model, {input_name: image_batch(list(pixels), float_dtype)})
-    (output, *_) = _run_unoptimized(uint8_model, {input_name: pixels})
+    (reference, *_) = run_onnx(float_model, {input_name: image_batch(list(pixels), float_dtype)})
+    (output, *_) = run_onnx(uint8_model, {input_name: pixels})
     result = compare_outputs(
         torch.from_numpy(np.asarray(reference, dtype=np.float64)),
         torch.from_numpy(np.asarray(output, dtype=np.float64)),
@@ -188,3 +190,27 @@ def check_uint8_input(
         rtol=0.0,
     )
     return result, pixels, output
+
+
+def to_uint8_input(
+    model: onnx.ModelProto, img_size: int | Sequence[int], *, batch: int = 2
+) -> tuple[onnx.ModelProto, list[str]]:
+    """``model`` taking uint8 pixels, checked identical (:func:`check_uint8_input`); then, when the pixels feed an
+    int8 stem, that stem reads column groups (``stem_columns``, kept only if ONNX Runtime gives identical outputs).
+    Returns the model and the report lines. Raises ``ExportError`` when the uint8-input graph is not identical."""
+    from .stem_columns import fold_stem_columns_checked
+
+    converted = uint8_image_input(model)
+    exact, _, _ = check_uint8_input(model, converted, img_size, batch=batch)
+    if not exact:
+        raise ExportError(f"file not written: {exact}")
+    removed = sum(node.op_type == "QuantizeLinear" for node in model.graph.node) - sum(
+        node.op_type == "QuantizeLinear" for node in converted.graph.node
+    )
+    height, width = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
+    how = "pixels feed the first conv's quantized input" if removed else "converted to float in the graph"
+    lines = [f"uint8 input (B, {height}, {width}, 3): {how}; {exact}"]
+    if removed:
+        converted, line = fold_stem_columns_checked(converted, batch=batch)
+        lines.append(line)
+    return converted, lines
