@@ -3,6 +3,7 @@
 Usage:
     python benchmarks/quant_demo.py [--out runs/quant_bench] [--calib-images 250] [--qat-epochs 10] [--iters 20]
         [--skip-ours] [--skip-peers] [--from ptq=runs/quant_demo] [--json benchmarks/results/quant_demo.json]
+        [--openvino] [--uint8-input]
 
 Steps:
 
@@ -26,6 +27,11 @@ Steps:
    busy machine; absolute times are not comparable across runs.
    ``--openvino`` also times every file on OpenVINO (``OpenVINORunner``: CPU, f32 hint for float layers, the same
    threads) in the same interleaved rounds, as the ``openvino`` section: a second CPU runtime on the same files.
+``--uint8-input``: every file takes the letterboxed uint8 image as ``(B, H, W, 3)`` (``export --uint8-input``:
+identical outputs, checked; an int8 stem then reads 4-column groups, ``deploy/stem_columns.py``): our runs get
+``--uint8-input``, the peers quantize a float-input FP32 export (``OUT/peers/fp32_float_input.onnx``, made as our
+pipeline makes ``fp32.onnx``) and ``quant_peers.py --uint8-input`` converts their files the same way; the timed
+calls get the same images as pixels. Every row then times the same work from the same input.
 5. ``quant_demo.json`` (atomically) with, for each model, ``ap``, ``ap50``, ``latency_ms`` / ``speedup_vs_fp32``
    per batch size, ``command``; the machine; and ``quant_demo.md`` with the table next to it.
 """
@@ -92,7 +98,7 @@ def qat_flags(epochs: int, lr: float, learn_amax: bool = False) -> list[str]:
 def our_commands(args: argparse.Namespace, qat: list[str]) -> dict[str, list[str]]:
     """The ``yolodeploy quantize`` argv of each of our models (without the executable path)."""
     base = ["yolodeploy", "quantize", args.model, "--data", args.data, "--img", str(args.img)]
-    base += ["--calib-images", str(args.calib_images)]
+    base += ["--calib-images", str(args.calib_images), *(["--uint8-input"] if args.uint8_input else [])]
     out = Path(args.out)
     commands = {
         "ptq": [*base, "--ptq", "-o", str(out / "ptq")],
@@ -168,7 +174,7 @@ def run_peer(name: str, fp32: Path, args: argparse.Namespace) -> dict[str, Any]:
     out_path = Path(args.out) / "peers" / f"{name}.onnx"
     argv = ["benchmarks/quant_peers.py", str(fp32), "--data", args.data, "--peer", name, "--img", str(args.img)]
     argv += ["--calib-images", str(args.calib_images), "--heldout-images", str(args.heldout_images)]
-    argv += ["-o", str(out_path)]
+    argv += ["-o", str(out_path), *(["--uint8-input"] if args.uint8_input else [])]
     row: dict[str, Any] = {"command": f"{shlex.join(['python', *argv])}  # {PEER_SETTINGS[name]}"}
     if args.skip_peers and out_path.is_file():
         return {**row, "onnx": str(out_path), "reused": True}
@@ -179,7 +185,21 @@ def run_peer(name: str, fp32: Path, args: argparse.Namespace) -> dict[str, Any]:
         return {**row, "error": f"exit {done.returncode}: " + " | ".join(done.stderr.strip().splitlines()[-5:])}
     info = json.loads(done.stdout.strip().splitlines()[-1])
     print(f"[{name}] done in {info['seconds']:.1f} s", flush=True)
-    return {**row, "onnx": info["path"], "quantize_seconds": info["seconds"], "calib_images": info["calib_images"]}
+    row.update(onnx=info["path"], quantize_seconds=info["seconds"], calib_images=info["calib_images"])
+    return {**row, **({"uint8_input": info["uint8_input"]} if "uint8_input" in info else {})}
+
+
+def float_input_fp32(args: argparse.Namespace) -> Path:
+    """With ``--uint8-input`` our ``fp32.onnx`` takes pixels; the peers quantize a float-input export made as
+    ``run_ptq`` makes its own (opset 13, dynamic batch, ``--img``)."""
+    path = Path(args.out) / "peers" / "fp32_float_input.onnx"
+    argv = ["yolodeploy", "export", args.model, "-o", str(path), "--img", str(args.img), "--opset", "13"]
+    argv += ["--dynamic-batch"]
+    if not (args.skip_peers and path.is_file()):
+        print(f"[peers] {shlex.join(argv)}", flush=True)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        subprocess.run([*yolodeploy_exe(), *argv[1:]], check=True, capture_output=True, text=True)
+    return path
 
 
 @contextlib.contextmanager
@@ -219,14 +239,19 @@ def measure_latency(
     A file a runtime cannot load or run (one call on each batch size first) is left out of the rounds, and the
     one-line reason goes into ``errors`` under its latency key."""
     from yolodeploy.bench.latency import time_interleaved
+    from yolodeploy.core.preprocess import image_batch, letterbox, load_image
     from yolodeploy.deploy.export import INPUT_NAME
     from yolodeploy.deploy.runners import create_runner
     from yolodeploy.errors import YoloDeployError
-    from yolodeploy.quant.calibrate import calibration_batches
 
     errors = {} if errors is None else errors
     results: dict[str, dict] = {}
-    feeds = {bs: {INPUT_NAME: next(calibration_batches(calib[:bs], args.img, batch=bs)).numpy()} for bs in args.bs}
+    size = (args.img, args.img)
+    images = {bs: [letterbox(load_image(path), size, scaleup=True)[0] for path in calib[:bs]] for bs in args.bs}
+
+    def feed_of(runner, bs: int) -> dict[str, Any]:  # float NCHW, or the pixels (a --uint8-input file)
+        return {INPUT_NAME: image_batch(images[bs], next(iter(runner.input_metadata().values())).dtype)}
+
     with contextlib.ExitStack() as stack:
         backends = ("ort", "openvino") if args.openvino else ("ort",)
         runners = {}
@@ -235,16 +260,16 @@ def measure_latency(
                 name = latency_key(key, backend)
                 try:
                     runner = stack.enter_context(create_runner(path, backend, threads=args.threads))
-                    for feed in feeds.values():
-                        runner.infer(feed)
+                    for bs in args.bs:
+                        runner.infer(feed_of(runner, bs))
                 except YoloDeployError as exc:
                     errors[name] = " ".join(str(exc).split())[:600]  # one line, the cause kept
                     print(f"[latency] {name} left out: {errors[name]}")
                     continue
                 runners[name] = runner
         for bs in args.bs:
-            feed = feeds[bs]
-            calls = {key: (lambda runner=runner, feed=feed: runner.infer(feed)) for key, runner in runners.items()}
+            feeds = {key: feed_of(runner, bs) for key, runner in runners.items()}
+            calls = {key: (lambda run=runner, feed=feeds[key]: run.infer(feed)) for key, runner in runners.items()}
             print(f"[latency] bs {bs}: {len(calls)} models x {args.iters} rounds", flush=True)
             stats = time_interleaved(
                 calls, warmup=args.warmup, iters=args.iters, block=args.block, settle=1, pause_s=PAUSE_S
@@ -336,7 +361,9 @@ def markdown(record: dict[str, Any]) -> str:
              f"{record['iters']} interleaved rounds of a {PAUSE_S * 1e3:.0f} ms pause, 1 untimed and "
              f"{record.get('block', 1)} timed calls per model after {record['warmup']} warm-ups, median; "
              f"{env.get('cpu')}, {env.get('cpu_count')} CPUs; val split {record['val_images']} images; "
-             f"{record['calib_images']} calibration images for every INT8 model.", "", "Commands:", ""]  # fmt: skip
+             f"{record['calib_images']} calibration images for every INT8 model"
+             f"{'; every file takes uint8 pixels (--uint8-input)' if record.get('uint8_input') else ''}.", "",
+             "Commands:", ""]  # fmt: skip
     lines += [f"- `{key}`: `{row.get('command')}`" for key, row in record["rows"].items()]
     if record.get("openvino"):
         lines += ["", *openvino_markdown(record["openvino"], sizes, record["environment"])]
@@ -399,6 +426,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--block", type=int, default=5, help="timed calls of each model per round")
     parser.add_argument("--tolerance", type=float, default=0.05, help="latency ratio slack for 'no slower'")
     parser.add_argument("--openvino", action="store_true", help="also time every file on OpenVINO (same rounds)")
+    parser.add_argument(
+        "--uint8-input",
+        action="store_true",
+        help="every file takes raw uint8 pixels: our runs get --uint8-input, the peers' files are "
+        "converted the same way (they quantize a float-input FP32 export)",
+    )
     parser.add_argument("--json", default=str(RESULTS))
     args = parser.parse_args(argv)
     args.reuse = dict(item.split("=", 1) for item in args.reuse)
@@ -454,8 +487,9 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     models = {"fp32": {"onnx": fp32, "command": models.get("ptq", {}).get("command")}, **models}
     calib = calibration_paths(args)
+    peer_fp32 = float_input_fp32(args) if args.uint8_input else Path(fp32)
     for name in PEERS:
-        models[name] = run_peer(name, Path(fp32), args)
+        models[name] = run_peer(name, peer_fp32, args)
     paths = {key: row["onnx"] for key, row in models.items() if "onnx" in row}
     measure_all_ap(models, paths, args)
     latency_errors: dict[str, str] = {}
@@ -466,7 +500,7 @@ def main(argv: list[str] | None = None) -> int:
         "command": command, "model": args.model, "data": args.data, "img_size": args.img,
         "calib_images": len(calib), "val_images": _val_count(args), "batch_sizes": [str(bs) for bs in args.bs],
         "threads": args.threads, "warmup": args.warmup, "iters": args.iters, "block": args.block,
-        "tolerance": args.tolerance,
+        "tolerance": args.tolerance, "uint8_input": args.uint8_input,
         "rows": rows, "ours_vs_peers": compare_with_peers(rows, args.tolerance), "environment": capture_environment(),
     }  # fmt: skip
     if args.openvino:

@@ -27,6 +27,9 @@ def test_our_commands_cover_every_row(quant_demo):
     assert partial[partial.index("--sensitive-topk") + 1] == "2" and "--partial" in partial
     assert "--partial" not in commands["qat"] and "--sensitive-topk" not in commands["qat"]
     assert commands["ptq_cost"][-5:] == ["--max-ap-drop", "0.004", "--cost-aware", "-o", "o/ptq_cost"]
+    assert not any("--uint8-input" in argv for argv in commands.values())
+    pixels = quant_demo.parse_args(["--uint8-input"])
+    assert all("--uint8-input" in argv for argv in quant_demo.our_commands(pixels, []).values())
 
 
 def test_partial_qat_row_reads_the_qat_row_of_its_run(quant_demo, tmp_path):
@@ -68,15 +71,36 @@ def test_openvino_rows_and_table_from_one_interleaved_run(quant_demo):
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")  # the TorchScript exporter's, not ours
 def test_latency_leaves_out_a_file_the_runtime_cannot_run(quant_demo, tmp_path):
-    good, bad = tmp_path / "good.onnx", tmp_path / "bad.onnx"
+    """... and feeds a --uint8-input file the same images as pixels."""
+    import onnx
+
+    from yolodeploy.deploy.image_input import uint8_image_input
+
+    good, bad, pixels = tmp_path / "good.onnx", tmp_path / "bad.onnx", tmp_path / "pixels.onnx"
     torch.onnx.export(torch.nn.Conv2d(3, 4, 3), torch.zeros(1, 3, 16, 16), good, dynamo=False,
                       input_names=["images"], dynamic_axes={"images": {0: "batch"}})  # fmt: skip
+    onnx.save(uint8_image_input(onnx.load(str(good))), str(pixels))
     bad.write_bytes(b"not an onnx file")
     image = tmp_path / "a.jpg"
     Image.new("RGB", (20, 12), (120, 60, 30)).save(image)
     args = argparse.Namespace(bs=[1], img=16, threads=1, openvino=False, warmup=1, iters=1, block=1)
     errors: dict[str, str] = {}
-    latency = quant_demo.measure_latency({"fp32": str(good), "ptq": str(bad)}, [image], args, errors)
-    assert list(latency["1"]) == ["fp32"] and list(errors) == ["ptq"] and "\n" not in errors["ptq"]
+    files = {"fp32": str(good), "ptq": str(bad), "qat": str(pixels)}
+    latency = quant_demo.measure_latency(files, [image], args, errors)
+    assert list(latency["1"]) == ["fp32", "qat"] and list(errors) == ["ptq"] and "\n" not in errors["ptq"]
     rows = quant_demo.build_rows({"fp32": {}, "ptq": {}}, latency)
     assert rows["ptq"]["latency_ms"] == {} and rows["fp32"]["speedup_vs_fp32"] == {"1": 1.0}
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # the TorchScript exporter's, not ours
+def test_peer_files_are_converted_to_pixel_input_in_place(tmp_path):
+    """``quant_peers.py --uint8-input``: the peer's file takes uint8 pixels afterwards, checked identical."""
+    import onnx
+
+    path = tmp_path / "peer.onnx"
+    torch.onnx.export(torch.nn.Conv2d(3, 4, 3), torch.zeros(1, 3, 16, 16), path, dynamo=False,
+                      input_names=["images"], dynamic_axes={"images": {0: "batch"}})  # fmt: skip
+    lines = load_benchmark("quant_peers").to_pixel_input(path, 16)
+    assert lines[0].startswith("uint8 input (B, 16, 16, 3): converted to float in the graph; ")
+    assert "max_abs=0 " in lines[0]
+    assert onnx.load(str(path)).graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.UINT8

@@ -13,15 +13,20 @@ pytestmark = pytest.mark.usefixtures("single_thread_torch")
 
 
 @pytest.mark.parametrize(
-    "bench_backend",
-    ["ort", pytest.param("openvino", marks=pytest.mark.skipif(not openvino_available(), reason="no openvino"))],
+    "bench_backend, uint8_input",
+    [
+        ("ort", False),
+        pytest.param("openvino", False, marks=pytest.mark.skipif(not openvino_available(), reason="no openvino")),
+        ("ort", True),
+    ],
+    ids=["ort", "openvino", "ort-uint8-input"],
 )
-def test_quantize_ptq_end_to_end(tiny_dataset, tiny_checkpoint, tmp_path, bench_backend):
+def test_quantize_ptq_end_to_end(tiny_dataset, tiny_checkpoint, tmp_path, bench_backend, uint8_input):
     out = tmp_path / "out"
     result = run_cli(
         "quantize", tiny_checkpoint, "--data", tiny_dataset, "--ptq", "--img", 64, "--calib-images", 4,
         "--val-images", 4, "--method", "max", "--bench", "--bs", 1, "--bs", 2, "--iters", 2, "-o", out,
-        "--bench-backend", bench_backend,
+        "--bench-backend", bench_backend, *(["--uint8-input"] if uint8_input else []),
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
@@ -35,6 +40,22 @@ def test_quantize_ptq_end_to_end(tiny_dataset, tiny_checkpoint, tmp_path, bench_
     assert (
         (out / "int8_ort.onnx").is_file() and (out / "int8_trt.onnx").is_file() and (out / "int8.safetensors").is_file()
     )
+    input_types = {name: onnx_input_type(out / f"{name}.onnx") for name in ("fp32", "int8_ort", "int8_trt")}
+    if uint8_input:  # AP and latency were measured on pixel-input files; the TensorRT flavour keeps its float input
+        assert input_types == {"fp32": "uint8", "int8_ort": "uint8", "int8_trt": "float32"}
+        assert "note: int8_ort.onnx: uint8 input (B, 64, 64, 3): pixels feed the first conv's quantized input" in (
+            result.output
+        )
+        assert "stem: reads 4-column groups (12 channels), identical outputs" in result.output
+    else:
+        assert set(input_types.values()) == {"float32"}
+
+
+def onnx_input_type(path) -> str:
+    import onnx
+
+    elem_type = onnx.load(str(path), load_external_data=False).graph.input[0].type.tensor_type.elem_type
+    return onnx.helper.tensor_dtype_to_np_dtype(elem_type).name
 
 
 @pytest.mark.parametrize(

@@ -57,6 +57,8 @@ _QAT_FIELDS = {"epochs": "epochs", "distill": "distill", "qat_lr": "lr", "qat_ba
 @click.option("--iters", default=10, show_default=True, help="Timed calls per batch size for --bench.")
 @click.option("--bench-backend", type=click.Choice(["ort", "openvino"]), default="ort", show_default=True,
               help="--bench runtime: ONNX Runtime or OpenVINO (CPU; the openvino extra).")  # fmt: skip
+@click.option("--uint8-input", is_flag=True, help="The FP32 and ORT INT8 files take raw uint8 (B, H, W, 3) pixels "
+              "(as `export --uint8-input`); AP and latency are measured on them.")  # fmt: skip
 @click.option("--partial", "qat_partial", is_flag=True,
               help="QAT starts from the partial PTQ model (its --sensitive-topk/--max-ap-drop layers stay float) "
               "[default: every layer quantized].")  # fmt: skip

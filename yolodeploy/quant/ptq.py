@@ -14,6 +14,7 @@ quantization that keeps the layers most sensitive by MSE in float (issue 6 items
 4. export Q/DQ ONNX in both flavours (``int8_ort.onnx`` uint8 activations for ORT on x86, ``int8_trt.onnx`` for
    TensorRT), in memory first: **parity before accuracy** — each graph is checked against the fake-quant model
    on held-out calibration images and nothing is written if it fails (:class:`~yolodeploy.errors.ExportError`);
+   with ``uint8_input``, ``fp32.onnx`` and the ORT file then take raw uint8 pixels (checked identical);
 5. AP of the INT8 model on ONNX Runtime; the quantized checkpoint ``int8.safetensors`` with the calibration
    method, manifest hash and float layers in its metadata; optional latency (``bench_batch_sizes``);
 6. with ``qat`` (a :class:`~yolodeploy.quant.qat.QATConfig`): quantization-aware training of a copy of the
@@ -95,6 +96,8 @@ class PTQConfig:
         cache_dir: calibration cache (None: ``OUTPUT/calib_cache``).
         bench_batch_sizes / bench_iters: ORT latency of the FP32 and INT8 files (empty: not measured).
         bench_backend: where that latency is measured: ``ort`` (ONNX Runtime CPU) or ``openvino`` (OpenVINO CPU).
+        uint8_input: ``fp32.onnx`` and the ORT-flavour INT8 files take raw uint8 ``(B, H, W, 3)`` pixels
+            (``deploy.image_input.to_uint8_input``: identical outputs, checked); the TensorRT flavour keeps float.
         command: the argv that produced the run (recorded in the report and in every row).
         qat: also run QAT with these hyper-parameters (None: PTQ only); ``qat.img_size`` must equal ``img_size``.
         qat_partial: QAT starts from the partial PTQ model (its float layers stay float) instead of every layer
@@ -130,6 +133,7 @@ class PTQConfig:
     bench_batch_sizes: tuple[int, ...] = ()
     bench_iters: int = 10
     bench_backend: str = "ort"
+    uint8_input: bool = False
     command: str | None = None
     qat: QATConfig | None = None
     qat_partial: bool = False
@@ -363,6 +367,7 @@ def _export_checked(qmodel: nn.Module, run: _Run, stem: str, role: str) -> Path:
     """Both Q/DQ flavours of ``qmodel``: built in memory, parity-checked, then written. Returns the ORT file."""
     import onnx
 
+    from ..deploy.image_input import to_uint8_input
     from ..utils.io import atomic_path
     from .export import build_qdq_graph, check_qdq_parity
 
@@ -380,6 +385,9 @@ def _export_checked(qmodel: nn.Module, run: _Run, stem: str, role: str) -> Path:
                 f"the {flavour} Q/DQ ONNX does not match the fake-quant model, no AP reported and nothing written: "
                 f"{parity.summary()}"
             )
+        if flavour == "ort" and config.uint8_input:
+            proto, lines = to_uint8_input(proto, config.img_size)
+            run.notes.append(f"{paths[flavour].name}: {'; '.join(lines)}")
         built[flavour] = proto
     for flavour, proto in built.items():
         with atomic_path(paths[flavour]) as tmp:
@@ -573,7 +581,10 @@ def run_ptq(config: PTQConfig) -> PTQResult:
         run = _Run(config, heldout, split, calib)
         if not set(calib).isdisjoint(heldout):
             run.notes.append("calibration split too small: parity images overlap calibration")
-        export_onnx(model, out / "fp32.onnx", img_size=config.img_size, opset=13, dynamic_batch=True)
+        export_onnx(
+            model, out / "fp32.onnx", img_size=config.img_size, opset=13, dynamic_batch=True,
+            uint8_input=config.uint8_input,
+        )  # fmt: skip
         run.files["fp32_onnx"] = str(out / "fp32.onnx")
         _measure(run, "fp32", out / "fp32.onnx")
         calibration = _calibrate(run, qmodel, calib)
