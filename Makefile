@@ -38,7 +38,7 @@ demo: setup $(DEMO_DATA)/annotations/instances_val.json
 	$(DEMO) eval runs/demo/yolov6n_synth.onnx --data $(DEMO_DATA) --img 224 --json runs/demo/eval_ort.json
 	$(DEMO) export runs/demo/yolov6n_synth_deploy.safetensors -o runs/demo/yolov6n_synth_nms.onnx --dynamic-batch --img 224 --nms ort
 	$(DEMO) bench runs/demo/yolov6n_synth_nms.onnx --backend ort --bs 1 --bs 32 --img 224 --iters 10 --json runs/demo/bench_ort.json
-	$(DEMO) quantize $(DEMO_MODEL) --data $(DEMO_DATA) --ptq --sensitive-topk 6 --qat --epochs 1 --img 224 --calib-images 250 --bench --bs 1 --bs 32 -o runs/demo/quant --json runs/demo/quant.json
+	$(DEMO) quantize $(DEMO_MODEL) --data $(DEMO_DATA) --ptq --sensitive-topk 6 --qat --epochs 1 --img 224 --calib-images 250 --uint8-input --bench --bs 1 --bs 32 -o runs/demo/quant --json runs/demo/quant.json
 	$(DEMO) build-engine runs/demo/quant/int8_top6_ort.onnx --int8 --backend ort --tune-bs 32 -o runs/demo/quant/int8_top6.ort.onnx
 	$(DEMO) bench runs/demo/quant/int8_top6.ort.onnx --backend ort --bs 1 --bs 32 --img 224 --iters 10 --json runs/demo/bench_int8_top6.json
 	$(DEMO) build-engine runs/demo/quant/ptq_ort.onnx --int8 --backend openvino -o runs/demo/quant/ptq.xml
