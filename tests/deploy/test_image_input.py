@@ -10,11 +10,11 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from yolodeploy.core.preprocess import image_batch, random_image_batch, to_tensor_batch
-from yolodeploy.deploy.image_input import check_uint8_input, uint8_image_input
+from yolodeploy.deploy.image_input import check_uint8_input, run_onnx, uint8_image_input
 from yolodeploy.deploy.qdq_channels import pad_conv_input_channels
 from yolodeploy.errors import ConfigError
 
-ort = pytest.importorskip("onnxruntime")
+pytest.importorskip("onnxruntime")
 IMAGE = (2, 3, 8, 8)
 
 
@@ -51,11 +51,7 @@ def qdq_conv_model(
 
 
 def run(model: onnx.ModelProto, images: np.ndarray, optimize: bool = False) -> np.ndarray:
-    options = ort.SessionOptions()
-    if not optimize:
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    return session.run(None, {"images": images})[0]
+    return run_onnx(model, {"images": images}, optimize=optimize)[0]
 
 
 def ops(model: onnx.ModelProto) -> Counter:

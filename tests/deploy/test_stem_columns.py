@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from onnx import TensorProto, helper, numpy_helper
 
 from yolodeploy.core.preprocess import random_image_batch
+from yolodeploy.deploy.image_input import run_onnx
 from yolodeploy.deploy.stem_columns import (
     fold_stem_columns,
     fold_stem_columns_checked,
@@ -19,7 +20,7 @@ from yolodeploy.deploy.stem_columns import (
     paired_input_weight,
 )
 
-ort = pytest.importorskip("onnxruntime")
+pytest.importorskip("onnxruntime")
 
 
 def int_weight(shape: tuple[int, ...], seed: int) -> np.ndarray:
@@ -92,11 +93,7 @@ def stem_pair_model(
 
 
 def run(model: onnx.ModelProto, pixels: np.ndarray, optimize: bool = True) -> np.ndarray:
-    options = ort.SessionOptions()
-    if not optimize:
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    return session.run(None, {"images": pixels})[0]
+    return run_onnx(model, {"images": pixels}, optimize=optimize)[0]
 
 
 def test_folded_stem_gives_identical_int8_outputs():
