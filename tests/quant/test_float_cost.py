@@ -78,3 +78,23 @@ def test_measure_float_costs_times_each_candidate_and_restores_the_model(calibra
         measure_float_costs(calibrated, ["no.such.layer"], img_size=64)
     with pytest.raises(ConfigError, match="rounds"):
         measure_float_costs(calibrated, candidates, img_size=64, rounds=0)
+
+
+def test_float_costs_of_a_uint8_input_run_time_pixel_input_graphs(calibrated, monkeypatch):
+    """``quantize --uint8-input`` deploys pixel-input files, so its float costs are timed on those."""
+    import onnx
+
+    from yolodeploy.quant import float_cost
+
+    inputs, real = {}, float_cost._time_models
+
+    def spy(paths, *args):
+        for key, path in paths.items():
+            inputs[key] = onnx.load(str(path)).graph.input[0].type.tensor_type.elem_type
+        return real(paths, *args)
+
+    monkeypatch.setattr(float_cost, "_time_models", spy)
+    layer = list(quant_layers(calibrated))[0]
+    costs = measure_float_costs(calibrated, [layer], img_size=64, rounds=1, threads=1, uint8_input=True)
+    assert inputs == {None: onnx.TensorProto.UINT8, layer: onnx.TensorProto.UINT8}
+    assert math.isfinite(costs.costs_ms[layer]) and costs.int8_ms > 0

@@ -30,10 +30,10 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from torch import nn
 
 from ..bench.latency import time_interleaved
+from ..core.preprocess import random_image_batch
 from ..errors import ConfigError
 from .model import keep_float, quant_layers
 from .sensitivity import SensitivityMetric, SensitivityMode, SensitivityReport
@@ -119,11 +119,14 @@ def measure_float_costs(
     batch: int = 1,
     rounds: int = 10,
     threads: int | None = 2,
+    uint8_input: bool = False,
 ) -> FloatCosts:
     """Time the ONNX Runtime Q/DQ graph of ``qmodel`` with every layer int8, and with each of ``layers`` float.
 
     ``qmodel`` is calibrated; its quantizers are switched per export and left as they were. Every graph is the
-    ``ort`` flavour that ``yolodeploy quantize`` writes (:func:`~yolodeploy.quant.export.build_qdq_graph`). The
+    ``ort`` flavour that ``yolodeploy quantize`` writes (:func:`~yolodeploy.quant.export.build_qdq_graph`; with
+    ``uint8_input`` taking raw pixels, as ``quantize --uint8-input`` writes it: a float stem there also costs the
+    pixels' float conversion and the column-grouped int8 stem, ``deploy.stem_columns``). The
     graphs are timed round-robin (:func:`~yolodeploy.bench.latency.time_interleaved`, a pause and an untimed call
     before each model's calls), so they share the machine's drift; a cost is a difference of medians.
 
@@ -139,9 +142,9 @@ def measure_float_costs(
     disabled = [name for name, layer in known.items() if layer.input_quantizer.state.value != "enabled"]
     with tempfile.TemporaryDirectory(prefix="yolodeploy_float_cost_") as folder:
         try:
-            paths = {None: _export(qmodel, [], img_size, Path(folder) / "int8.onnx")}
+            paths = {None: _export(qmodel, [], img_size, Path(folder) / "int8.onnx", uint8_input)}
             for index, name in enumerate(layers):
-                paths[name] = _export(qmodel, [name], img_size, Path(folder) / f"float_{index}.onnx")
+                paths[name] = _export(qmodel, [name], img_size, Path(folder) / f"float_{index}.onnx", uint8_input)
         finally:
             keep_float(qmodel, disabled)
         medians = _time_models(paths, img_size, batch, rounds, threads)
@@ -149,13 +152,16 @@ def measure_float_costs(
     return FloatCosts(batch, img_size, threads, rounds, medians[None], costs)
 
 
-def _export(qmodel: nn.Module, float_layers: list[str], img_size: int, path: Path) -> Path:
+def _export(qmodel: nn.Module, float_layers: list[str], img_size: int, path: Path, uint8_input: bool) -> Path:
     import onnx
 
+    from ..deploy.image_input import to_uint8_input
     from .export import build_qdq_graph
 
     keep_float(qmodel, float_layers)
     proto, _ = build_qdq_graph(qmodel, img_size=img_size, flavour="ort")
+    if uint8_input:
+        proto, _ = to_uint8_input(proto, img_size)
     onnx.save(proto, str(path))
     return path
 
@@ -164,17 +170,18 @@ def _time_models(
     paths: dict[str | None, Path], img_size: int, batch: int, rounds: int, threads: int | None
 ) -> dict[str | None, float]:
     """Median milliseconds per call of each ONNX file on ONNX Runtime CPU, timed round-robin."""
-    from ..deploy.runners.onnxrt import import_onnxruntime
+    from ..deploy.runners.onnxrt import ORT_TYPES, import_onnxruntime
 
     ort = import_onnxruntime()
     options = ort.SessionOptions()
     if threads is not None:
         options.intra_op_num_threads = threads
-    image = np.random.default_rng(0).random((batch, 3, img_size, img_size), dtype=np.float32)
     fns = {}
     for key, path in paths.items():
         session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        fns[key] = partial(session.run, None, {session.get_inputs()[0].name: image})
+        image = session.get_inputs()[0]
+        feed = random_image_batch(batch, img_size, ORT_TYPES[image.type])  # float NCHW, or uint8 pixels
+        fns[key] = partial(session.run, None, {image.name: feed})
     block = 5 if batch == 1 else 1
     stats = time_interleaved(fns, warmup=2, iters=rounds, block=block, settle=1, pause_s=PAUSE_S)
     return {key: stat.p50_ms for key, stat in stats.items()}

@@ -419,8 +419,9 @@ def _cost_aware_ranking(qmodel: nn.Module, config: PTQConfig, ranking: list[str]
 
     candidates = ranking[: config.cost_candidates]
     costs = measure_float_costs(
-        qmodel, candidates, img_size=config.img_size, batch=config.cost_batch, rounds=config.cost_rounds
-    )
+        qmodel, candidates, img_size=config.img_size, batch=config.cost_batch, rounds=config.cost_rounds,
+        uint8_input=config.uint8_input,
+    )  # fmt: skip
     gains = sensitivity_gains(report, config.metric)
     order = cost_aware_order(ranking, gains, costs.costs_ms, costs.floor_ms)
     rank = {name: i + 1 for i, name in enumerate(ranking)}
