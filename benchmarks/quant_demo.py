@@ -3,7 +3,7 @@
 Usage:
     python benchmarks/quant_demo.py [--out runs/quant_bench] [--calib-images 250] [--qat-epochs 10] [--iters 20]
         [--skip-ours] [--skip-peers] [--from ptq=runs/quant_demo] [--json benchmarks/results/quant_demo.json]
-        [--openvino] [--uint8-input]
+        [--openvino] [--uint8-input] [--rows ptq ptq_top6 ...]
 
 Steps:
 
@@ -413,6 +413,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="QAT also trains the quantization ranges (yolodeploy quantize --learn-amax)")  # fmt: skip
     parser.add_argument("--out", default="runs/quant_bench", help="folder for our runs (OUT/<key>) and OUT/peers")
     parser.add_argument("--skip-ours", action="store_true", help="reuse OUT/<key> instead of running our pipeline")
+    parser.add_argument(
+        "--rows",
+        nargs="+",
+        choices=OURS,
+        default=list(OURS),
+        metavar="KEY",
+        help=f"our rows to run or reuse (default: all of {', '.join(OURS)})",
+    )
     parser.add_argument("--skip-peers", action="store_true", help="reuse OUT/peers/<peer>.onnx when present")
     parser.add_argument("--from", dest="reuse", action="append", default=[], metavar="KEY=DIR",
                         help="reuse an earlier run folder for one of our keys (e.g. ptq=runs/quant_demo)")  # fmt: skip
@@ -439,10 +447,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def collect_ours(args: argparse.Namespace) -> dict[str, dict]:
-    """Run (or reuse) our four pipelines."""
+    """Run (or reuse) our pipelines (``--rows``)."""
     commands = our_commands(args, qat_flags(args.qat_epochs, args.qat_lr, args.learn_amax))
     rows = {}
-    for key, argv in commands.items():
+    for key, argv in [(key, argv) for key, argv in commands.items() if key in args.rows]:
         folder = Path(args.reuse.get(key, Path(args.out) / key))
         rows[key] = run_ours(key, argv, folder, skip=args.skip_ours or key in args.reuse)
     return rows

@@ -28,6 +28,8 @@ def test_our_commands_cover_every_row(quant_demo):
     assert "--partial" not in commands["qat"] and "--sensitive-topk" not in commands["qat"]
     assert commands["ptq_cost"][-5:] == ["--max-ap-drop", "0.004", "--cost-aware", "-o", "o/ptq_cost"]
     assert not any("--uint8-input" in argv for argv in commands.values())
+    assert quant_demo.parse_args([]).rows == list(quant_demo.OURS)
+    assert quant_demo.parse_args(["--rows", "ptq", "qat"]).rows == ["ptq", "qat"]
     pixels = quant_demo.parse_args(["--uint8-input"])
     assert all("--uint8-input" in argv for argv in quant_demo.our_commands(pixels, []).values())
 
