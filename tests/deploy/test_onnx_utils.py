@@ -79,6 +79,7 @@ def test_corrupt_file_is_one_line(tmp_path, content):
         ([1, 10], TensorProto.FLOAT, "is float32 1x10, not an image tensor"),
         ([1, 1, 64, 64], TensorProto.FLOAT, "is float32 1x1x64x64, not an image tensor"),
         (["batch", 3, 64, 64], TensorProto.INT64, "is int64 batchx3x64x64, not an image tensor"),
+        (["batch", 3, 64, 64], TensorProto.UINT8, "is uint8 batchx3x64x64, not an image tensor"),  # pixels: NHWC
     ],
 )
 def test_input_that_is_not_an_image_is_one_line(tmp_path, shape, dtype, fragment):
@@ -87,6 +88,12 @@ def test_input_that_is_not_an_image_is_one_line(tmp_path, shape, dtype, fragment
         load_onnx_checked(path)
     assert_one_line(exc_info, "notimage.onnx", fragment, "expected one image input (B, 3, H, W)")
     assert load_onnx_checked(path, image_input=False).graph.input[0].name == "images"
+
+
+def test_uint8_pixel_input_is_an_image(tmp_path):
+    """``export --uint8-input`` files take (B, H, W, 3) uint8: build-engine, bench and eval load them."""
+    path = save(identity_model(["batch", 64, 64, 3], TensorProto.UINT8), tmp_path / "pixels.onnx")
+    assert load_onnx_checked(path).graph.input[0].type.tensor_type.elem_type == TensorProto.UINT8
 
 
 def test_two_inputs_is_one_line(tmp_path):

@@ -15,7 +15,10 @@ __all__ = ["TensorMeta", "load_onnx_checked", "onnx_io", "has_qdq", "onnx_opset"
 
 QDQ_OPS = frozenset({"QuantizeLinear", "DequantizeLinear"})
 IMAGE_DTYPES = (np.dtype(np.float32), np.dtype(np.float16))
-IMAGE_INPUT_HINT = "expected one image input (B, 3, H, W) float32/float16, as `yolodeploy export` writes"
+IMAGE_INPUT_HINT = (
+    "expected one image input (B, 3, H, W) float32/float16, or (B, H, W, 3) uint8 (`--uint8-input`), as "
+    "`yolodeploy export` writes"
+)
 
 
 def _tensor_meta(value: onnx.ValueInfoProto) -> TensorMeta:
@@ -73,7 +76,8 @@ def _check_image_input(model: onnx.ModelProto, where: str) -> None:
         names = ", ".join(meta.name for meta in inputs) or "none"
         raise OnnxModelError(f"{where}: {len(inputs)} inputs ({names}); {IMAGE_INPUT_HINT}")
     meta = inputs[0]
-    if len(meta.shape) != 4 or meta.shape[1] != 3 or meta.dtype not in IMAGE_DTYPES:
+    pixels = meta.dtype == np.uint8 and len(meta.shape) == 4 and meta.shape[3] == 3  # export --uint8-input
+    if not pixels and (len(meta.shape) != 4 or meta.shape[1] != 3 or meta.dtype not in IMAGE_DTYPES):
         shape = "x".join("?" if d is None else str(d) for d in meta.shape) or "unknown shape"
         raise OnnxModelError(
             f"{where}: input {meta.name!r} is {meta.dtype} {shape}, not an image tensor; {IMAGE_INPUT_HINT}"
