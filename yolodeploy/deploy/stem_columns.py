@@ -37,6 +37,7 @@ from .qdq_graph import (
     export_graph,
     import_graph,
     new_constant,
+    new_node,
     scale_of,
     zero_point_of,
 )
@@ -152,12 +153,9 @@ def _set_weight(graph: gs.Graph, conv: gs.Node, weight: np.ndarray, repeat: int)
         new_constant(graph, f"{name}_columns_{role}", np.tile(value, repeat) if value.size > 1 else value)
         for role, value in zip(("scale", "zero_point"), params)
     ]
-    dequantized = gs.Variable(f"{name}_columns_dq", dtype=np.float32)
-    new_weight = new_constant(graph, f"{name}_columns", weight)
-    dq = gs.Node("DequantizeLinear", f"{name}_columns_dq_node", dict(weight_dq.attrs), [new_weight, *params])
-    dq.outputs = [dequantized]
-    graph.nodes.append(dq)
-    conv.inputs[1] = dequantized
+    dq = new_node(graph, "DequantizeLinear", new_constant(graph, f"{name}_columns", weight), params, np.float32)
+    dq.attrs.update(weight_dq.attrs)  # the per-channel axis
+    conv.inputs[1] = dq.outputs[0]
     if len(conv.inputs) > 2 and repeat > 1:
         bias = const_value(conv.inputs[2])
         conv.inputs[2] = new_constant(graph, f"{conv.inputs[2].name}_columns", np.tile(bias, repeat))
